@@ -1,0 +1,3 @@
+from bert4rec.cli import main
+
+raise SystemExit(main())

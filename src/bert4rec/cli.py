@@ -1,0 +1,249 @@
+"""The ``bert4rec`` command line. Output meant for scripts goes to stdout (``--json``); progress
+and messages go to stderr. Exit status: 0 success, 2 bad input (with a message), 130 interrupted.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from bert4rec import __version__
+from bert4rec.data import FORMATS, Interactions, PrepareOptions, load_interactions
+from bert4rec.errors import Bert4RecError, DataError
+from bert4rec.evaluation import PROTOCOLS, TIE_RULES, evaluate
+from bert4rec.recommender import recommend
+from bert4rec.runs import check_output, load_model, save_run
+from bert4rec.split import train_sequences
+
+MODELS = ("pop",)
+
+
+def _add_data_options(parser: argparse.ArgumentParser, defaults: bool = True) -> None:
+    """Options that decide how a log is read and filtered. For ``evaluate`` they default to the
+    run's own (``defaults=False``)."""
+    group = parser.add_argument_group("data")
+    group.add_argument("--format", choices=FORMATS, default="auto" if defaults else None,
+                       help="input format (default: detected from the file)")
+    group.add_argument("--min-user-count", type=int, default=5 if defaults else None,
+                       help="drop users with fewer interactions (default 5)")
+    group.add_argument("--min-item-count", type=int, default=0 if defaults else None,
+                       help="drop items with fewer interactions (default 0: keep all)")
+    group.add_argument("--min-rating", type=float, default=None,
+                       help="keep only interactions rated at least this (default: keep all)")
+    group.add_argument("--user-col", default=None, help="user column of a CSV/Parquet file")
+    group.add_argument("--item-col", default=None, help="item column of a CSV/Parquet file")
+    group.add_argument("--time-col", default=None, help="timestamp column of a CSV/Parquet file")
+
+
+def _prepare_options(
+    args: argparse.Namespace, base: PrepareOptions | None = None
+) -> PrepareOptions:
+    values: dict[str, Any] = (base or PrepareOptions()).to_dict()
+    for name in ("format", "min_user_count", "min_item_count", "min_rating", "user_col",
+                 "item_col", "time_col"):
+        given = getattr(args, name, None)
+        if given is not None:
+            values[name] = given
+    return PrepareOptions(**values)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="bert4rec", description="BERT4Rec sequential recommendation: train, evaluate, "
+        "recommend.",
+    )
+    parser.add_argument("--version", action="version", version=f"bert4rec {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = sub.add_parser("train", help="train a model on a log and save a run directory")
+    p.add_argument("--data", required=True, help="interaction log (see --format)")
+    p.add_argument("--model", choices=MODELS, default="pop")
+    p.add_argument("--output", required=True, type=Path, help="run directory to write")
+    p.add_argument("--overwrite", action="store_true", help="replace a finished run in --output")
+    p.add_argument("--seed", type=int, default=0)
+    _add_data_options(p)
+    p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("evaluate", help="evaluate a run on the leave-one-out split of its data")
+    p.add_argument("--run", required=True, type=Path)
+    p.add_argument("--data", required=True, help="the log the run was trained on")
+    p.add_argument("--protocol", choices=PROTOCOLS, default="full",
+                   help="full ranking (default), or 100 negatives sampled by popularity (the "
+                   "paper's) or uniformly")
+    p.add_argument("--split", choices=("valid", "test"), default="test")
+    p.add_argument("--negatives", type=int, default=100, help="negatives per user (sampled)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the negative sampling")
+    p.add_argument("--tie-rule", choices=TIE_RULES, default="expected")
+    p.add_argument("--per-user", type=Path, default=None,
+                   help="write per-user metrics here (.parquet or .csv) for paired comparisons")
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+    _add_data_options(p, defaults=False)
+    p.set_defaults(func=cmd_evaluate)
+
+    p = sub.add_parser("recommend", help="top-k items for a history or a known user")
+    p.add_argument("--run", required=True, type=Path)
+    who = p.add_mutually_exclusive_group(required=True)
+    who.add_argument("--history", help="item ids, oldest first, separated by spaces or commas")
+    who.add_argument("--user", help="a known user's id (needs --data)")
+    p.add_argument("--data", help="the training log, to look up --user")
+    p.add_argument("-k", type=int, default=10)
+    p.add_argument("--include-seen", action="store_true", help="allow items of the history")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_recommend)
+
+    p = sub.add_parser("synthetic", help="write a synthetic log with a planted sequential pattern")
+    p.add_argument("--output", required=True, type=Path)
+    p.add_argument("--users", type=int, default=2000)
+    p.add_argument("--items", type=int, default=500)
+    p.add_argument("--seed", type=int, default=0)
+    p.set_defaults(func=cmd_synthetic)
+
+    p = sub.add_parser("prepare", help="read, prepare and cache a log; print its statistics")
+    p.add_argument("--data", required=True)
+    _add_data_options(p)
+    p.set_defaults(func=cmd_prepare)
+    return parser
+
+
+def _say(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
+
+
+def _load(args: argparse.Namespace, options: PrepareOptions) -> Interactions:
+    data = load_interactions(args.data, options)
+    tag = " (SYNTHETIC data)" if data.synthetic else ""
+    _say(f"data: {data.source}{tag}: {data.num_users} users, {data.num_items} items, "
+         f"{data.num_interactions} interactions")
+    return data
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    check_output(args.output, args.overwrite)
+    options = _prepare_options(args)
+    data = _load(args, options)
+    started = time.perf_counter()
+    from bert4rec.baselines.pop import PopularityRecommender
+
+    model = PopularityRecommender.fit(train_sequences(data), data.num_items)
+    seconds = time.perf_counter() - started
+    valid = evaluate(model, data, split="valid", protocol="full", progress=True)
+    metrics = {"valid_full": valid.metrics, "train_seconds": round(seconds, 3)}
+    save_run(args.output, model.name, model.config(), model.tensors(), data, options,
+             metrics=metrics, seed=args.seed)
+    _say(f"trained {model.name} in {seconds:.1f}s; validation (full ranking) "
+         f"NDCG@10={valid.metrics['NDCG@10']:.4f} HR@10={valid.metrics['HR@10']:.4f}")
+    _say(f"saved {args.output}")
+    return 0
+
+
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    model, info = load_model(args.run)
+    data = _load(args, _prepare_options(args, info.prepare))
+    info.check_data(data)
+    result = evaluate(model, data, split=args.split, protocol=args.protocol,
+                      num_negatives=args.negatives, seed=args.seed, tie_rule=args.tie_rule)
+    result.extra.update({"run": str(args.run), "model": info.model, "data": data.source,
+                         "synthetic": data.synthetic})
+    if args.per_user is not None:
+        _write_table(result.per_user, args.per_user)
+    if args.json:
+        print(json.dumps(result.to_dict()))
+    else:
+        tag = " [SYNTHETIC data]" if data.synthetic else ""
+        print(f"{info.model} on {data.source}{tag}: {args.protocol} protocol, {args.split} split, "
+              f"{result.users} users")
+        for name, value in result.metrics.items():
+            print(f"  {name:<8} {value:.4f}")
+    return 0
+
+
+def _write_table(frame: Any, path: Path) -> None:
+    from bert4rec.runs import atomic_write
+
+    if path.suffix.lower() == ".csv":
+        atomic_write(path, lambda tmp: frame.to_csv(tmp, index=False))
+    else:
+        atomic_write(path, lambda tmp: frame.to_parquet(tmp, index=False))
+
+
+def _parse_history(text: str) -> list[str]:
+    return [token for token in text.replace(",", " ").split() if token]
+
+
+def cmd_recommend(args: argparse.Namespace) -> int:
+    if args.k < 1:
+        raise DataError("-k must be at least 1")
+    model, info = load_model(args.run)
+    skipped: list[Any] = []
+    if args.user is not None:
+        if not args.data:
+            raise DataError("--user needs --data (the training log) to find the user's history")
+        data = load_interactions(args.data, info.prepare)
+        info.check_data(data)
+        users = data.user_index()
+        key: Any = args.user
+        if data.user_ids.dtype.kind in "iu":
+            with contextlib.suppress(ValueError):
+                key = int(args.user)
+        if key not in users:
+            raise DataError(f"user {args.user!r} is not in {args.data}")
+        history = data.sequence(users[key]).astype(np.int64)
+        raw = info.vocab.decode(history)
+    else:
+        raw = _parse_history(args.history)
+        history, skipped = info.vocab.encode(raw)
+    ids, scores = recommend(model, [history], k=args.k, exclude_seen=not args.include_seen)
+    valid = ids[0] > 0
+    items = info.vocab.decode(ids[0][valid])
+    rows = [{"rank": r + 1, "item": item, "score": float(s)}
+            for r, (item, s) in enumerate(zip(items, scores[0][valid], strict=True))]
+    note = "" if len(history) else "empty history: these are the most popular items"
+    if args.json:
+        print(json.dumps({"items": rows, "history_used": len(history), "skipped": skipped,
+                          "note": note}))
+    else:
+        if skipped:
+            _say(f"skipped {len(skipped)} unknown item(s): {' '.join(map(str, skipped))}")
+        if note:
+            _say(note)
+        for row in rows:
+            print(f"{row['rank']:>3}. {row['item']}  ({row['score']:.4f})")
+    return 0
+
+
+def cmd_synthetic(args: argparse.Namespace) -> int:
+    from bert4rec import synthetic
+
+    frame = synthetic.generate(num_users=args.users, num_items=args.items, seed=args.seed)
+    path = synthetic.write(args.output, frame,
+                           f"(users={args.users} items={args.items} seed={args.seed})")
+    _say(f"wrote {path}: SYNTHETIC data, {frame['user'].nunique()} users, "
+         f"{frame['item'].nunique()} items, {len(frame)} interactions")
+    return 0
+
+
+def cmd_prepare(args: argparse.Namespace) -> int:
+    data = load_interactions(args.data, _prepare_options(args))
+    print(json.dumps(data.describe()))
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return int(args.func(args))
+    except Bert4RecError as exc:
+        print(f"bert4rec {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"bert4rec {args.command}: interrupted", file=sys.stderr)
+        return 130

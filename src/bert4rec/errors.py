@@ -1,0 +1,19 @@
+"""Errors a user can act on. The CLI prints their message and exits with status 2."""
+
+from __future__ import annotations
+
+
+class Bert4RecError(Exception):
+    """Base class for every error caused by input rather than by a bug."""
+
+
+class DataError(Bert4RecError):
+    """A data file or frame cannot be read or leaves nothing to work with."""
+
+
+class RunError(Bert4RecError):
+    """A run directory is missing, incomplete, of an unknown format, or does not match the data."""
+
+
+class ConfigError(Bert4RecError):
+    """A configuration, preset or option is invalid."""

@@ -1,0 +1,302 @@
+"""Evaluation under the paper's sampled protocol and the honest full-ranking one.
+
+Protocols (``../reference``: Sun et al. 2019, section 4.1; Krichene & Rendle 2020):
+
+* ``full``: the target is ranked against every item; the user's history items are removed
+  (the target stays rankable even if it also occurs in the history, a repeat).
+* ``popularity``: the paper's protocol; 100 negatives sampled without replacement with
+  probability proportional to their interaction count over the whole data set (as the paper's
+  code counts), never an item of the user's sequence.
+* ``uniform``: 100 negatives sampled uniformly, otherwise the same.
+
+A case's outcome is the number of candidates scored above the target (``greater``) and equal
+to it (``ties``). Metrics use the ``expected`` tie rule by default: the exact expectation of
+each metric when ties are broken uniformly at random, so a model that scores everything alike
+gets chance-level metrics instead of perfect or zero ones. ``pessimistic`` and ``optimistic``
+put the target after or before all its ties.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import numpy as np
+import pandas as pd
+import torch
+from scipy import stats
+from scipy.special import digamma
+from tqdm import tqdm
+
+from bert4rec.data import Interactions
+from bert4rec.errors import ConfigError
+from bert4rec.recommender import Recommender, mask_seen
+from bert4rec.split import EvalCases, Split, eval_cases
+
+Protocol = Literal["full", "popularity", "uniform"]
+PROTOCOLS: tuple[Protocol, ...] = ("full", "popularity", "uniform")
+TieRule = Literal["expected", "pessimistic", "optimistic"]
+TIE_RULES: tuple[TieRule, ...] = ("expected", "pessimistic", "optimistic")
+METRICS = ("HR@1", "HR@5", "HR@10", "NDCG@5", "NDCG@10", "MRR")
+
+
+# ----------------------------------------------------------------------------------------------
+# Metrics from rank outcomes
+
+
+def metrics_from_ranks(
+    greater: np.ndarray, ties: np.ndarray, tie_rule: TieRule = "expected",
+    names: Sequence[str] = METRICS,
+) -> dict[str, np.ndarray]:
+    """Per-case metric values from ``greater`` (candidates scored above the target) and ``ties``.
+
+    The 0-based rank is ``greater`` for ``optimistic``, ``greater + ties`` for ``pessimistic``,
+    and uniform on ``greater .. greater + ties`` for ``expected``.
+    """
+    greater = np.asarray(greater, dtype=np.int64)
+    ties = np.asarray(ties, dtype=np.int64)
+    if tie_rule == "optimistic":
+        low, count = greater, np.ones_like(greater)
+    elif tie_rule == "pessimistic":
+        low, count = greater + ties, np.ones_like(greater)
+    elif tie_rule == "expected":
+        low, count = greater, ties + 1
+    else:
+        raise ConfigError(f"unknown tie rule {tie_rule!r}; choose one of {', '.join(TIE_RULES)}")
+    high = low + count  # ranks low .. high - 1, each equally likely
+    out: dict[str, np.ndarray] = {}
+    for name in names:
+        kind, _, cut = name.partition("@")
+        if kind == "HR":
+            k = int(cut)
+            out[name] = np.clip(k - low, 0, count) / count
+        elif kind == "NDCG":
+            k = int(cut)
+            gains = np.concatenate([[0.0], np.cumsum(1.0 / np.log2(np.arange(k) + 2.0))])
+            out[name] = (gains[np.minimum(high, k)] - gains[np.minimum(low, k)]) / count
+        elif kind == "MRR":
+            # sum_{r=low}^{high-1} 1/(r+1) = H(high) - H(low), and H(n) = digamma(n+1) + gamma
+            out[name] = (digamma(high + 1.0) - digamma(low + 1.0)) / count
+        else:
+            raise ConfigError(f"unknown metric {name!r}; known: {', '.join(METRICS)}")
+    return out
+
+
+# ----------------------------------------------------------------------------------------------
+# Negative sampling
+
+
+def sample_negatives(
+    data: Interactions,
+    users: np.ndarray,
+    num_negatives: int = 100,
+    weights: np.ndarray | None = None,
+    seed: int = 0,
+    chunk: int = 512,
+) -> np.ndarray:
+    """``num_negatives`` distinct items per user, never one of the user's items, drawn without
+    replacement with probability proportional to ``weights`` (uniform if ``None``).
+
+    Uses the Gumbel-top-k trick: the top-n of ``log w + Gumbel noise`` is a sample without
+    replacement from ``w``, computed for a chunk of users at once.
+    """
+    num_items = data.num_items
+    if weights is None:
+        weights = np.ones(num_items + 1)
+    log_w = np.log(np.asarray(weights, dtype=np.float64), where=weights > 0,
+                   out=np.full(num_items + 1, -np.inf))
+    log_w[0] = -np.inf
+    rng = np.random.default_rng(seed)
+    out = np.zeros((len(users), num_negatives), dtype=np.int64)
+    for start in range(0, len(users), chunk):
+        block = users[start : start + chunk]
+        keys = log_w[None, :] + rng.gumbel(size=(len(block), num_items + 1))
+        for row, u in enumerate(block.tolist()):
+            keys[row, data.sequence(u)] = -np.inf
+        available = np.isfinite(keys).sum(axis=1)
+        if (available < num_negatives).any():
+            raise ConfigError(
+                f"a user has only {int(available.min())} items left to sample from; "
+                f"use fewer than {num_negatives} negatives"
+            )
+        top = np.argpartition(-keys, num_negatives - 1, axis=1)[:, :num_negatives]
+        out[start : start + len(block)] = top
+    return out
+
+
+def item_popularity(data: Interactions) -> np.ndarray:
+    """Interaction count of every item over the whole data set, index = internal id."""
+    return np.bincount(data.items, minlength=data.num_items + 1).astype(np.float64)
+
+
+# ----------------------------------------------------------------------------------------------
+# Evaluation
+
+
+@dataclass
+class EvaluationResult:
+    """Mean metrics and the per-user values behind them."""
+
+    protocol: str
+    split: str
+    metrics: dict[str, float]
+    per_user: pd.DataFrame  # user (original id), greater, ties, one column per metric
+    tie_rule: str = "expected"
+    num_negatives: int | None = None
+    seed: int | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def users(self) -> int:
+        return len(self.per_user)
+
+    def to_dict(self) -> dict[str, Any]:
+        out: dict[str, Any] = {
+            "protocol": self.protocol,
+            "split": self.split,
+            "users": self.users,
+            "metrics": {k: round(v, 6) for k, v in self.metrics.items()},
+            "tie_rule": self.tie_rule,
+        }
+        if self.num_negatives is not None:
+            out["negatives"] = self.num_negatives
+            out["seed"] = self.seed
+        out.update(self.extra)
+        return out
+
+
+def rank_outcomes(
+    model: Recommender,
+    data: Interactions,
+    cases: EvalCases,
+    protocol: Protocol,
+    negatives: np.ndarray | None,
+    batch_size: int = 256,
+    progress: bool = True,
+) -> tuple[np.ndarray, np.ndarray]:
+    """``greater`` and ``ties`` of every case, scoring ``batch_size`` histories at a time."""
+    greater = np.zeros(len(cases), dtype=np.int64)
+    ties = np.zeros(len(cases), dtype=np.int64)
+    bar = tqdm(total=len(cases), desc=f"evaluate ({protocol})", unit="user", delay=2.0,
+               disable=not progress, leave=False)
+    for start in range(0, len(cases), batch_size):
+        rows = slice(start, start + batch_size)
+        histories = cases.histories(data.items, rows)
+        targets = torch.as_tensor(cases.targets[rows])
+        with torch.inference_mode():
+            scores = model.score(histories).float()
+            arange = torch.arange(len(histories))
+            target_scores = scores[arange, targets].clone()
+            if protocol == "full":
+                scores = mask_seen(scores.clone(), histories)
+                scores[arange, targets] = -torch.inf  # count the target neither above nor tied
+            else:
+                assert negatives is not None
+                scores = scores.gather(1, torch.as_tensor(negatives[rows]))
+            above = (scores > target_scores[:, None]).sum(dim=1)
+            level = (scores == target_scores[:, None]).sum(dim=1)
+        greater[rows] = above.numpy()
+        ties[rows] = level.numpy()
+        bar.update(len(histories))
+    bar.close()
+    return greater, ties
+
+
+def evaluate(
+    model: Recommender,
+    data: Interactions,
+    split: Split = "test",
+    protocol: Protocol = "full",
+    num_negatives: int = 100,
+    seed: int = 0,
+    tie_rule: TieRule = "expected",
+    batch_size: int = 256,
+    progress: bool = True,
+) -> EvaluationResult:
+    """Evaluate ``model`` on the leave-one-out ``split`` of ``data`` under ``protocol``."""
+    if protocol not in PROTOCOLS:
+        raise ConfigError(f"unknown protocol {protocol!r}; choose one of {', '.join(PROTOCOLS)}")
+    if tie_rule not in TIE_RULES:
+        raise ConfigError(f"unknown tie rule {tie_rule!r}; choose one of {', '.join(TIE_RULES)}")
+    if model.num_items != data.num_items:
+        raise ConfigError(
+            f"the model knows {model.num_items} items but the data has {data.num_items}"
+        )
+    cases = eval_cases(data, split)
+    negatives = None
+    if protocol != "full":
+        weights = item_popularity(data) if protocol == "popularity" else None
+        negatives = sample_negatives(data, cases.users, num_negatives, weights, seed=seed)
+    greater, ties = rank_outcomes(model, data, cases, protocol, negatives, batch_size, progress)
+    values = metrics_from_ranks(greater, ties, tie_rule)
+    per_user = pd.DataFrame({"user": data.user_ids[cases.users], "greater": greater, "ties": ties})
+    for name, column in values.items():
+        per_user[name] = column
+    metrics = {name: float(column.mean()) if len(column) else 0.0
+               for name, column in values.items()}
+    return EvaluationResult(
+        protocol=protocol, split=split, metrics=metrics, per_user=per_user, tie_rule=tie_rule,
+        num_negatives=None if protocol == "full" else num_negatives,
+        seed=None if protocol == "full" else seed,
+    )
+
+
+# ----------------------------------------------------------------------------------------------
+# Comparing two models on the same cases
+
+
+def bootstrap_ci(
+    values: np.ndarray, confidence: float = 0.95, resamples: int = 2000, seed: int = 0
+) -> tuple[float, float]:
+    """Percentile bootstrap confidence interval of the mean."""
+    values = np.asarray(values, dtype=np.float64)
+    rng = np.random.default_rng(seed)
+    means = np.empty(resamples)
+    for i in range(resamples):  # one resample at a time keeps memory flat for large n
+        means[i] = values[rng.integers(0, len(values), len(values))].mean()
+    alpha = (1.0 - confidence) / 2.0
+    return float(np.quantile(means, alpha)), float(np.quantile(means, 1.0 - alpha))
+
+
+@dataclass(frozen=True)
+class PairedComparison:
+    metric: str
+    mean_a: float
+    mean_b: float
+    difference: float  # mean of a - b
+    ci_low: float
+    ci_high: float
+    t_pvalue: float
+    wilcoxon_pvalue: float
+    users: int
+
+
+def compare(
+    a: EvaluationResult, b: EvaluationResult, metric: str = "NDCG@10",
+    confidence: float = 0.95, resamples: int = 2000, seed: int = 0,
+) -> PairedComparison:
+    """Paired comparison of two results on the same users: bootstrap CI of the mean difference,
+    paired t-test and Wilcoxon signed-rank p-values."""
+    if a.protocol != b.protocol or a.split != b.split:
+        raise ConfigError("compare results of the same protocol and split")
+    merged = a.per_user[["user", metric]].merge(
+        b.per_user[["user", metric]], on="user", suffixes=("_a", "_b"), validate="one_to_one"
+    )
+    if len(merged) != len(a.per_user) or len(merged) != len(b.per_user):
+        raise ConfigError("the two results cover different users")
+    x = merged[f"{metric}_a"].to_numpy()
+    y = merged[f"{metric}_b"].to_numpy()
+    diff = x - y
+    low, high = bootstrap_ci(diff, confidence, resamples, seed)
+    if np.allclose(diff, 0.0):
+        t_p = w_p = 1.0
+    else:
+        t_p = float(stats.ttest_rel(x, y).pvalue)
+        w_p = float(stats.wilcoxon(x, y, zero_method="zsplit").pvalue)
+    return PairedComparison(
+        metric=metric, mean_a=float(x.mean()), mean_b=float(y.mean()),
+        difference=float(diff.mean()), ci_low=low, ci_high=high,
+        t_pvalue=t_p if not math.isnan(t_p) else 1.0, wilcoxon_pvalue=w_p, users=len(diff),
+    )

@@ -1,0 +1,193 @@
+"""Run directories: a trained model that describes itself.
+
+``RUN_DIR/run.json``      format version, model name and config, data fingerprint and counts,
+                          preparation options, provenance, metrics
+``RUN_DIR/items.json``    the item vocabulary: original id of internal item ``i`` at ``[i - 1]``
+``RUN_DIR/model.safetensors``  the weights (never a pickle)
+
+Every file is written to a temporary name and renamed into place; ``run.json`` goes last, so a
+directory without it is an unfinished run and is never loaded.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import tempfile
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from safetensors.torch import load_file, save_file
+
+from bert4rec import __version__
+from bert4rec.data import Interactions, ItemVocab, PrepareOptions
+from bert4rec.errors import RunError
+
+FORMAT_VERSION = 1
+RUN_FILE = "run.json"
+VOCAB_FILE = "items.json"
+WEIGHTS_FILE = "model.safetensors"
+
+
+@dataclass(frozen=True)
+class RunInfo:
+    """Everything in ``run.json``, typed."""
+
+    path: Path
+    model: str
+    config: dict[str, Any]
+    data: dict[str, Any]
+    prepare: PrepareOptions
+    provenance: dict[str, Any]
+    metrics: dict[str, Any]
+    vocab: ItemVocab
+
+    def check_data(self, data: Interactions) -> None:
+        """Refuse data other than the data the run was trained on."""
+        expected = self.data.get("fingerprint")
+        if expected != data.fingerprint:
+            raise RunError(
+                f"{data.source or 'the data'} does not match the data {self.path} was trained on "
+                f"({self.data.get('source')}: {self.data.get('users')} users, "
+                f"{self.data.get('items')} items; given: {data.num_users} users, "
+                f"{data.num_items} items). Evaluate with the training data and its options."
+            )
+
+
+def atomic_write(path: Path, write: Callable[[str], None]) -> None:
+    """Call ``write(tmp_path)`` then rename the result onto ``path``."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        write(tmp)
+        with open(tmp, "rb") as f:
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+def write_json(path: Path, value: Any) -> None:
+    def write(tmp: str) -> None:
+        with open(tmp, "w", encoding="utf-8") as f:
+            json.dump(value, f, indent=2, default=_json_default)
+            f.write("\n")
+
+    atomic_write(path, write)
+
+
+def _json_default(value: Any) -> Any:
+    if isinstance(value, np.generic):
+        return value.item()
+    if isinstance(value, Path):
+        return str(value)
+    raise TypeError(f"cannot serialise {type(value).__name__}")
+
+
+def provenance(seed: int | None = None) -> dict[str, Any]:
+    return {
+        "package_version": __version__,
+        "torch_version": torch.__version__,
+        "python_version": platform.python_version(),
+        "seed": seed,
+        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+    }
+
+
+def check_output(run_dir: Path, overwrite: bool) -> None:
+    """Refuse to replace a finished run unless asked to."""
+    if (run_dir / RUN_FILE).exists() and not overwrite:
+        raise RunError(
+            f"{run_dir} already holds a finished run; pass --overwrite or choose another --output"
+        )
+    if run_dir.exists() and not run_dir.is_dir():
+        raise RunError(f"{run_dir} exists and is not a directory")
+
+
+def save_run(
+    run_dir: Path,
+    model_name: str,
+    config: dict[str, Any],
+    tensors: dict[str, torch.Tensor],
+    data: Interactions,
+    prepare: PrepareOptions,
+    metrics: dict[str, Any] | None = None,
+    seed: int | None = None,
+    extra_provenance: dict[str, Any] | None = None,
+) -> None:
+    run_dir.mkdir(parents=True, exist_ok=True)
+    # A fresh run.json is written last; remove an old one first so a crash in between leaves
+    # an unfinished run rather than old metadata over new weights.
+    (run_dir / RUN_FILE).unlink(missing_ok=True)
+    contiguous = {k: v.detach().contiguous().cpu() for k, v in tensors.items()}
+    atomic_write(run_dir / WEIGHTS_FILE, lambda tmp: save_file(contiguous, tmp))
+    vocab = [v.item() if isinstance(v, np.generic) else v for v in data.vocab.item_ids.tolist()]
+    write_json(run_dir / VOCAB_FILE, vocab)
+    info = {
+        "format_version": FORMAT_VERSION,
+        "model": model_name,
+        "config": config,
+        "data": {k: v for k, v in data.describe().items()},
+        "prepare": prepare.to_dict(),
+        "provenance": {**provenance(seed), **(extra_provenance or {})},
+        "metrics": metrics or {},
+    }
+    write_json(run_dir / RUN_FILE, info)
+
+
+def read_run(run_dir: str | Path) -> tuple[RunInfo, dict[str, torch.Tensor]]:
+    """Read and check a run directory; the caller builds the model from config and tensors."""
+    run_dir = Path(run_dir)
+    meta_path = run_dir / RUN_FILE
+    if not meta_path.exists():
+        if run_dir.is_dir() and (run_dir / "checkpoint").exists():
+            raise RunError(
+                f"{run_dir} holds an unfinished training run; resume it with "
+                f"'bert4rec train ... --output {run_dir}' or train again"
+            )
+        raise RunError(f"{run_dir} is not a run directory (no {RUN_FILE}); train one first")
+    try:
+        meta = json.loads(meta_path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as exc:
+        raise RunError(f"{meta_path} is damaged ({exc}); train the run again") from exc
+    version = meta.get("format_version")
+    if version != FORMAT_VERSION:
+        raise RunError(
+            f"{run_dir} has run format version {version!r}; this bert4rec "
+            f"({__version__}) reads version {FORMAT_VERSION}. Use a matching bert4rec version "
+            "or train the run again"
+        )
+    try:
+        vocab = json.loads((run_dir / VOCAB_FILE).read_text(encoding="utf-8"))
+        tensors = load_file(str(run_dir / WEIGHTS_FILE))
+    except (OSError, json.JSONDecodeError) as exc:
+        raise RunError(f"{run_dir} is incomplete or damaged ({exc}); train the run again") from exc
+    info = RunInfo(
+        path=run_dir,
+        model=meta["model"],
+        config=meta.get("config", {}),
+        data=meta.get("data", {}),
+        prepare=PrepareOptions.from_dict(meta.get("prepare", {})),
+        provenance=meta.get("provenance", {}),
+        metrics=meta.get("metrics", {}),
+        vocab=ItemVocab(np.asarray(vocab)),
+    )
+    return info, tensors
+
+
+def load_model(run_dir: str | Path) -> tuple[Any, RunInfo]:
+    """Rebuild the recommender saved in ``run_dir`` (no training code, no data needed)."""
+    info, tensors = read_run(run_dir)
+    if info.model == "pop":
+        from bert4rec.baselines.pop import PopularityRecommender
+
+        return PopularityRecommender.from_tensors(info.config, tensors), info
+    raise RunError(f"{info.path}: unknown model {info.model!r}; is this bert4rec too old?")
