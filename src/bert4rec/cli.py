@@ -14,16 +14,18 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
 
-from bert4rec import __version__
+from bert4rec import __version__, datasets
 from bert4rec.data import FORMATS, Interactions, PrepareOptions, load_interactions
 from bert4rec.errors import Bert4RecError, DataError
 from bert4rec.evaluation import PROTOCOLS, TIE_RULES, evaluate
 from bert4rec.recommender import recommend
 from bert4rec.runs import check_output, load_model, save_run
 from bert4rec.split import train_sequences
+from bert4rec.titles import find_titles
 
-MODELS = ("pop",)
+MODELS = ("pop", "bert4rec")
 
 
 def _add_data_options(parser: argparse.ArgumentParser, defaults: bool = True) -> None:
@@ -35,7 +37,8 @@ def _add_data_options(parser: argparse.ArgumentParser, defaults: bool = True) ->
     group.add_argument("--min-user-count", type=int, default=5 if defaults else None,
                        help="drop users with fewer interactions (default 5)")
     group.add_argument("--min-item-count", type=int, default=0 if defaults else None,
-                       help="drop items with fewer interactions (default 0: keep all)")
+                       help="drop items with fewer interactions (default 0: keep all; a named "
+                       "data set such as ml-1m uses its own, 5)")
     group.add_argument("--min-rating", type=float, default=None,
                        help="keep only interactions rated at least this (default: keep all)")
     group.add_argument("--user-col", default=None, help="user column of a CSV/Parquet file")
@@ -46,6 +49,9 @@ def _add_data_options(parser: argparse.ArgumentParser, defaults: bool = True) ->
 def _prepare_options(
     args: argparse.Namespace, base: PrepareOptions | None = None
 ) -> PrepareOptions:
+    if base is None:  # a named data set (--data ml-1m) brings the paper's filters
+        named = datasets.lookup(getattr(args, "data", None) or "")
+        base = named.options if named is not None else None
     values: dict[str, Any] = (base or PrepareOptions()).to_dict()
     for name in ("format", "min_user_count", "min_item_count", "min_rating", "user_col",
                  "item_col", "time_col"):
@@ -64,13 +70,30 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     p = sub.add_parser("train", help="train a model on a log and save a run directory")
-    p.add_argument("--data", required=True, help="interaction log (see --format)")
+    p.add_argument("--data", required=True, help="interaction log (see --format), or a data "
+                   f"set name downloaded on first use: {', '.join(datasets.NAMES)}")
     p.add_argument("--model", choices=MODELS, default="pop")
     p.add_argument("--output", required=True, type=Path, help="run directory to write")
     p.add_argument("--overwrite", action="store_true", help="replace a finished run in --output")
     p.add_argument("--seed", type=int, default=0)
-    _add_data_options(p)
+    group = p.add_argument_group("bert4rec training")
+    group.add_argument("--preset", default="default",
+                       help="model and training settings: a shipped preset (bert4rec presets) "
+                       "or a .toml file (default: default)")
+    group.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                       help="override one preset setting, e.g. --set hidden_size=128 (repeatable)")
+    group.add_argument("--epochs", type=int, default=None)
+    group.add_argument("--time-budget", type=float, default=None, metavar="SECONDS",
+                       help="stop training after this long, keeping the best weights")
+    group.add_argument("--device", choices=("auto", "cpu", "cuda"), default=None)
+    group.add_argument("--precision", choices=("fp32", "bf16"), default=None)
+    group.add_argument("--threads", type=int, default=None, help="torch threads")
+    group.add_argument("--quiet", action="store_true", help="no progress bars")
+    _add_data_options(p, defaults=False)  # unset options come from a named data set or defaults
     p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("presets", help="list the shipped presets")
+    p.set_defaults(func=cmd_presets)
 
     p = sub.add_parser("evaluate", help="evaluate a run on the leave-one-out split of its data")
     p.add_argument("--run", required=True, type=Path)
@@ -82,6 +105,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--negatives", type=int, default=100, help="negatives per user (sampled)")
     p.add_argument("--seed", type=int, default=0, help="seed of the negative sampling")
     p.add_argument("--tie-rule", choices=TIE_RULES, default="expected")
+    p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto",
+                   help="where a neural model scores (default: a GPU when there is one)")
     p.add_argument("--per-user", type=Path, default=None,
                    help="write per-user metrics here (.parquet or .csv) for paired comparisons")
     p.add_argument("--json", action="store_true", help="print one JSON object")
@@ -108,8 +133,14 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("prepare", help="read, prepare and cache a log; print its statistics")
     p.add_argument("--data", required=True)
-    _add_data_options(p)
+    _add_data_options(p, defaults=False)
     p.set_defaults(func=cmd_prepare)
+
+    p = sub.add_parser("download", help="download a public data set into the cache; print the "
+                       "path of its interaction log")
+    p.add_argument("name", choices=datasets.NAMES)
+    p.add_argument("--url", default=None, help="download from this mirror instead")
+    p.set_defaults(func=cmd_download)
     return parser
 
 
@@ -117,8 +148,15 @@ def _say(message: str) -> None:
     print(message, file=sys.stderr, flush=True)
 
 
+def _data_path(data: str) -> str | Path:
+    """``data`` itself, or the downloaded log of the data set it names (when no such path
+    exists)."""
+    named = datasets.lookup(data)
+    return datasets.fetch(named.name) if named is not None else data
+
+
 def _load(args: argparse.Namespace, options: PrepareOptions) -> Interactions:
-    data = load_interactions(args.data, options)
+    data = load_interactions(_data_path(args.data), options)
     tag = " (SYNTHETIC data)" if data.synthetic else ""
     _say(f"data: {data.source}{tag}: {data.num_users} users, {data.num_items} items, "
          f"{data.num_interactions} interactions")
@@ -129,6 +167,9 @@ def cmd_train(args: argparse.Namespace) -> int:
     check_output(args.output, args.overwrite)
     options = _prepare_options(args)
     data = _load(args, options)
+    titles = find_titles(data.source, data.vocab)
+    if args.model == "bert4rec":
+        return _train_bert4rec(args, data, options, titles)
     started = time.perf_counter()
     from bert4rec.baselines.pop import PopularityRecommender
 
@@ -137,15 +178,75 @@ def cmd_train(args: argparse.Namespace) -> int:
     valid = evaluate(model, data, split="valid", protocol="full", progress=True)
     metrics = {"valid_full": valid.metrics, "train_seconds": round(seconds, 3)}
     save_run(args.output, model.name, model.config(), model.tensors(), data, options,
-             metrics=metrics, seed=args.seed)
+             metrics=metrics, seed=args.seed, titles=titles)
     _say(f"trained {model.name} in {seconds:.1f}s; validation (full ranking) "
          f"NDCG@10={valid.metrics['NDCG@10']:.4f} HR@10={valid.metrics['HR@10']:.4f}")
     _say(f"saved {args.output}")
     return 0
 
 
+def _train_bert4rec(
+    args: argparse.Namespace, data: Interactions, options: PrepareOptions, titles: dict[Any, str]
+) -> int:
+    from bert4rec.presets import load_preset, parse_assignment
+    from bert4rec.training import Trainer, remove_checkpoint
+
+    overrides = dict(parse_assignment(text) for text in args.set)
+    for name in ("epochs", "time_budget", "device", "precision", "threads"):
+        if getattr(args, name) is not None:
+            overrides[name] = getattr(args, name)
+    overrides["seed"] = args.seed
+    preset = load_preset(args.preset, overrides)
+    model_config = preset.model_config(data.num_items)
+    if args.overwrite:
+        remove_checkpoint(args.output)
+    _say(f"training bert4rec, preset {preset.name}: {model_config.to_dict()}")
+    trainer = Trainer(data, model_config, preset.train, run_dir=args.output,
+                      progress=not args.quiet, log=_say)
+    try:
+        result = trainer.fit()
+    except KeyboardInterrupt:
+        _say(f"interrupted; the last finished epoch is saved in {args.output}/checkpoint. "
+             "Run the same command again to resume.")
+        raise
+    state = result.state
+    metrics = {
+        "valid_full": result.valid_metrics,
+        "train_seconds": round(state.elapsed, 2),
+        "epochs": state.epoch,
+        "steps": state.step,
+        "best_epoch": state.best_epoch,
+        "stopped": state.stopped,
+        "history": state.history,
+    }
+    save_run(args.output, "bert4rec", model_config.to_dict(), result.model.tensors(), data,
+             options, metrics=metrics, seed=args.seed, titles=titles,
+             extra_provenance={"preset": preset.name, "train": preset.train.to_dict(),
+                               "threads": torch.get_num_threads(),
+                               "device": str(trainer.device)})
+    remove_checkpoint(args.output)
+    best = result.valid_metrics
+    _say(f"trained bert4rec: {state.epoch} epochs in {state.elapsed:.0f}s ({state.stopped}); "
+         f"best validation (full ranking) NDCG@10={best.get('NDCG@10', float('nan')):.4f} "
+         f"HR@10={best.get('HR@10', float('nan')):.4f} at epoch {state.best_epoch}")
+    _say(f"saved {args.output}")
+    return 0
+
+
+def cmd_presets(args: argparse.Namespace) -> int:
+    from bert4rec.presets import load_preset, preset_names
+
+    for name in preset_names():
+        print(f"{name:<14} {load_preset(name).description}")
+    return 0
+
+
 def cmd_evaluate(args: argparse.Namespace) -> int:
     model, info = load_model(args.run)
+    if isinstance(model, torch.nn.Module):
+        from bert4rec.training import resolve_device
+
+        model.to(resolve_device(args.device))
     data = _load(args, _prepare_options(args, info.prepare))
     info.check_data(data)
     result = evaluate(model, data, split=args.split, protocol=args.protocol,
@@ -186,7 +287,7 @@ def cmd_recommend(args: argparse.Namespace) -> int:
     if args.user is not None:
         if not args.data:
             raise DataError("--user needs --data (the training log) to find the user's history")
-        data = load_interactions(args.data, info.prepare)
+        data = load_interactions(_data_path(args.data), info.prepare)
         info.check_data(data)
         users = data.user_index()
         key: Any = args.user
@@ -203,7 +304,7 @@ def cmd_recommend(args: argparse.Namespace) -> int:
     ids, scores = recommend(model, [history], k=args.k, exclude_seen=not args.include_seen)
     valid = ids[0] > 0
     items = info.vocab.decode(ids[0][valid])
-    rows = [{"rank": r + 1, "item": item, "score": float(s)}
+    rows = [{"rank": r + 1, "item": item, "title": info.titles.get(item), "score": float(s)}
             for r, (item, s) in enumerate(zip(items, scores[0][valid], strict=True))]
     note = "" if len(history) else "empty history: these are the most popular items"
     if args.json:
@@ -215,7 +316,8 @@ def cmd_recommend(args: argparse.Namespace) -> int:
         if note:
             _say(note)
         for row in rows:
-            print(f"{row['rank']:>3}. {row['item']}  ({row['score']:.4f})")
+            title = f"  {row['title']}" if row["title"] else ""
+            print(f"{row['rank']:>3}. {row['item']}{title}  ({row['score']:.4f})")
     return 0
 
 
@@ -231,8 +333,17 @@ def cmd_synthetic(args: argparse.Namespace) -> int:
 
 
 def cmd_prepare(args: argparse.Namespace) -> int:
-    data = load_interactions(args.data, _prepare_options(args))
+    data = load_interactions(_data_path(args.data), _prepare_options(args))
     print(json.dumps(data.describe()))
+    return 0
+
+
+def cmd_download(args: argparse.Namespace) -> int:
+    path = datasets.fetch(args.name, url=args.url)
+    options = datasets.options(args.name)
+    _say(f"{args.name}: prepared with users >= {options.min_user_count}, items >= "
+         f"{options.min_item_count} interactions when given as --data {args.name}")
+    print(path)
     return 0
 
 

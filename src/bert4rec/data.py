@@ -21,6 +21,7 @@ import json
 import os
 import re
 import tempfile
+import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -360,15 +361,28 @@ def _sniff_separator(path: Path) -> str:
 def _read_delimited(
     path: Path, sep: str, options: PrepareOptions, strip_types: bool = False
 ) -> pd.DataFrame:
+    # Only comment lines above the header are skipped (the synthetic marker): pandas' comment=
+    # would also cut every field at a '#' ('C#') and shift the line numbers of errors.
+    skipped = _leading_comment_lines(path)
     try:
-        raw = pd.read_csv(path, sep=sep, dtype=str, comment="#", engine="c")
+        raw = pd.read_csv(path, sep=sep, dtype=str, skiprows=skipped, engine="c")
     except pd.errors.EmptyDataError as exc:
         raise DataError(f"{path}: the file is empty") from exc
     except (pd.errors.ParserError, ValueError) as exc:
         raise DataError(f"{path}: cannot parse as delimited text ({exc})") from exc
     if strip_types:  # RecBole headers are 'name:type'
         raw.columns = [str(c).split(":")[0] for c in raw.columns]
-    return select_columns(raw, options, where=str(path), header_lines=1)
+    return select_columns(raw, options, where=str(path), header_lines=1 + skipped)
+
+
+def _leading_comment_lines(path: Path) -> int:
+    count = 0
+    with open(path, encoding="utf-8", errors="replace") as f:
+        for line in f:
+            if line.strip() and not line.lstrip().startswith("#"):
+                break
+            count += 1
+    return count
 
 
 def select_columns(
@@ -427,7 +441,13 @@ def _timestamps(column: pd.Series, where: str, header_lines: int) -> pd.Series:
     else:
         values = pd.to_numeric(column, errors="coerce")
         if values.isna().any():  # not numbers: try dates
-            values = pd.to_datetime(column, errors="coerce", utc=True)
+            with warnings.catch_warnings():  # unparseable values are reported below
+                warnings.simplefilter("ignore", UserWarning)
+                dates = pd.to_datetime(column, errors="coerce", utc=True)
+            # Keep the reading that parses more rows, so the error names the odd one out
+            # (a typo in a number column is not reported as its first, valid row).
+            if dates.notna().sum() > values.notna().sum():
+                values = dates
     if values.isna().any():
         row = int(np.flatnonzero(values.isna().to_numpy())[0])
         raise DataError(
@@ -535,7 +555,8 @@ def load_interactions(
     """Read and prepare a log (a path or a frame). Prepared files are cached by content hash."""
     options = options or PrepareOptions()
     if isinstance(data, pd.DataFrame):
-        return prepare_frame(data, options)
+        # Columns by name as for a file, so --time-col and names like 'ts' are honoured.
+        return prepare_frame(select_columns(data, options), options)
     path = Path(data)
     if not path.is_file():
         read_log(path, options)  # raises the specific error

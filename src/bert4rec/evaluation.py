@@ -184,21 +184,21 @@ def rank_outcomes(
     for start in range(0, len(cases), batch_size):
         rows = slice(start, start + batch_size)
         histories = cases.histories(data.items, rows)
-        targets = torch.as_tensor(cases.targets[rows])
         with torch.inference_mode():
-            scores = model.score(histories).float()
-            arange = torch.arange(len(histories))
+            scores = model.score(histories).float()  # on the model's device
+            targets = torch.as_tensor(cases.targets[rows], device=scores.device)
+            arange = torch.arange(len(histories), device=scores.device)
             target_scores = scores[arange, targets].clone()
             if protocol == "full":
                 scores = mask_seen(scores.clone(), histories)
                 scores[arange, targets] = -torch.inf  # count the target neither above nor tied
             else:
                 assert negatives is not None
-                scores = scores.gather(1, torch.as_tensor(negatives[rows]))
+                scores = scores.gather(1, torch.as_tensor(negatives[rows], device=scores.device))
             above = (scores > target_scores[:, None]).sum(dim=1)
             level = (scores == target_scores[:, None]).sum(dim=1)
-        greater[rows] = above.numpy()
-        ties[rows] = level.numpy()
+        greater[rows] = above.cpu().numpy()
+        ties[rows] = level.cpu().numpy()
         bar.update(len(histories))
     bar.close()
     return greater, ties

@@ -22,7 +22,7 @@ class Recommender(Protocol):
     def num_items(self) -> int: ...
 
     def score(self, histories: Sequence[np.ndarray]) -> torch.Tensor:
-        """Scores of shape ``(len(histories), num_items + 1)``; higher is better."""
+        """Scores of shape ``(len(histories), num_items + 1)`` on any device; higher is better."""
         ...
 
 
@@ -33,7 +33,10 @@ def mask_seen(scores: torch.Tensor, histories: Sequence[np.ndarray]) -> torch.Te
     if sum(lengths):
         rows = np.repeat(np.arange(len(histories)), lengths)
         cols = np.concatenate([np.asarray(h, dtype=np.int64) for h in histories])
-        scores[torch.as_tensor(rows), torch.as_tensor(cols)] = -torch.inf
+        device = scores.device
+        scores[torch.as_tensor(rows, device=device), torch.as_tensor(cols, device=device)] = (
+            -torch.inf
+        )
     return scores
 
 
@@ -65,11 +68,11 @@ def recommend(
             else:
                 scores[:, 0] = -torch.inf
             if allowed is not None:
-                scores[:, ~allowed] = -torch.inf
+                scores[:, ~allowed.to(scores.device)] = -torch.inf
             top = torch.topk(scores, min(k, scores.shape[1]), dim=1)
         n = top.indices.shape[1]
-        values = top.values.numpy()
-        ids = top.indices.numpy().copy()
+        values = top.values.cpu().numpy()
+        ids = top.indices.cpu().numpy().copy()
         ids[~np.isfinite(values)] = 0
         ids_out[start : start + len(batch), :n] = ids
         scores_out[start : start + len(batch), :n] = values

@@ -4,6 +4,7 @@
                           preparation options, provenance, metrics
 ``RUN_DIR/items.json``    the item vocabulary: original id of internal item ``i`` at ``[i - 1]``
 ``RUN_DIR/model.safetensors``  the weights (never a pickle)
+``RUN_DIR/titles.json``   optional: item titles by original id, where the data gave them
 
 Every file is written to a temporary name and renamed into place; ``run.json`` goes last, so a
 directory without it is an unfinished run and is never loaded.
@@ -16,8 +17,8 @@ import os
 import platform
 import tempfile
 from collections.abc import Callable
-from dataclasses import dataclass
-from datetime import datetime, timezone
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -32,6 +33,7 @@ from bert4rec.errors import RunError
 FORMAT_VERSION = 1
 RUN_FILE = "run.json"
 VOCAB_FILE = "items.json"
+TITLES_FILE = "titles.json"
 WEIGHTS_FILE = "model.safetensors"
 
 
@@ -47,6 +49,7 @@ class RunInfo:
     provenance: dict[str, Any]
     metrics: dict[str, Any]
     vocab: ItemVocab
+    titles: dict[Any, str] = field(default_factory=dict)  # original item id -> title
 
     def check_data(self, data: Interactions) -> None:
         """Refuse data other than the data the run was trained on."""
@@ -98,7 +101,7 @@ def provenance(seed: int | None = None) -> dict[str, Any]:
         "torch_version": torch.__version__,
         "python_version": platform.python_version(),
         "seed": seed,
-        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "created": datetime.now(UTC).isoformat(timespec="seconds"),
     }
 
 
@@ -122,6 +125,7 @@ def save_run(
     metrics: dict[str, Any] | None = None,
     seed: int | None = None,
     extra_provenance: dict[str, Any] | None = None,
+    titles: dict[Any, str] | None = None,
 ) -> None:
     run_dir.mkdir(parents=True, exist_ok=True)
     # A fresh run.json is written last; remove an old one first so a crash in between leaves
@@ -131,6 +135,9 @@ def save_run(
     atomic_write(run_dir / WEIGHTS_FILE, lambda tmp: save_file(contiguous, tmp))
     vocab = [v.item() if isinstance(v, np.generic) else v for v in data.vocab.item_ids.tolist()]
     write_json(run_dir / VOCAB_FILE, vocab)
+    (run_dir / TITLES_FILE).unlink(missing_ok=True)  # never keep an older run's titles
+    if titles:
+        write_json(run_dir / TITLES_FILE, {str(k): v for k, v in titles.items()})
     info = {
         "format_version": FORMAT_VERSION,
         "model": model_name,
@@ -179,8 +186,21 @@ def read_run(run_dir: str | Path) -> tuple[RunInfo, dict[str, torch.Tensor]]:
         provenance=meta.get("provenance", {}),
         metrics=meta.get("metrics", {}),
         vocab=ItemVocab(np.asarray(vocab)),
+        titles=_read_titles(run_dir, vocab),
     )
     return info, tensors
+
+
+def _read_titles(run_dir: Path, vocab: list[Any]) -> dict[Any, str]:
+    """Titles keyed by the vocabulary's own ids (JSON keys are text); {} without the file."""
+    path = run_dir / TITLES_FILE
+    if not path.exists():
+        return {}
+    try:
+        by_text = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError) as exc:
+        raise RunError(f"{path} is damaged ({exc}); train the run again") from exc
+    return {item: by_text[str(item)] for item in vocab if str(item) in by_text}
 
 
 def load_model(run_dir: str | Path) -> tuple[Any, RunInfo]:
@@ -190,4 +210,8 @@ def load_model(run_dir: str | Path) -> tuple[Any, RunInfo]:
         from bert4rec.baselines.pop import PopularityRecommender
 
         return PopularityRecommender.from_tensors(info.config, tensors), info
+    if info.model == "bert4rec":
+        from bert4rec.model import BERT4Rec
+
+        return BERT4Rec.from_tensors(info.config, tensors), info
     raise RunError(f"{info.path}: unknown model {info.model!r}; is this bert4rec too old?")

@@ -1,0 +1,162 @@
+"""Train BERT4Rec with one preset for several seeds and evaluate each on the test split.
+
+Every seed runs the package's own CLI (``bert4rec train`` then ``bert4rec evaluate``) in its own
+process, several at once if asked (one GPU or many cores serve several small models well).
+Writes one JSON file with per-seed metrics under both protocols, their mean and spread, and a
+95 % bootstrap interval over users per seed.
+
+    python benchmarks/bert4rec_seeds.py --data ../shared/data/ml-1m/ml-1m.txt --preset ml-1m \
+        --seeds 0 1 2 --parallel 3 --out benchmarks/results/bert4rec-ml-1m.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from bert4rec.evaluation import METRICS, bootstrap_ci
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def machine() -> dict[str, Any]:
+    cpu = ""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    info: dict[str, Any] = {"platform": platform.platform(), "cpu": cpu, "cores": os.cpu_count()}
+    try:
+        import torch
+
+        if torch.cuda.is_available():
+            info["gpu"] = torch.cuda.get_device_name(0)
+        info["torch"] = torch.__version__
+    except ImportError:
+        pass
+    return info
+
+
+def git_commit() -> dict[str, Any]:
+    def run(*cmd: str) -> str:
+        try:
+            return subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True,
+                                  check=False).stdout.strip()
+        except OSError:
+            return ""
+
+    return {"commit": run("git", "rev-parse", "HEAD"),
+            "dirty": bool(run("git", "status", "--porcelain", "--untracked-files=no"))}
+
+
+def one_seed(args: argparse.Namespace, seed: int) -> dict[str, Any]:
+    run_dir = Path(args.runs) / f"{args.name}-seed{seed}"
+    cli = [sys.executable, "-m", "bert4rec"]
+    train = [*cli, "train", "--model", "bert4rec", "--data", args.data, "--preset", args.preset,
+             "--output", str(run_dir), "--seed", str(seed), "--overwrite", "--quiet"]
+    for item in args.set:
+        train += ["--set", item]
+    for flag in ("device", "precision", "threads", "time_budget"):
+        value = getattr(args, flag)
+        if value is not None:
+            train += [f"--{flag.replace('_', '-')}", str(value)]
+    log_path = Path(args.runs) / f"{args.name}-seed{seed}.log"
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    started = time.perf_counter()
+    with open(log_path, "w") as log:
+        subprocess.run(train, stdout=log, stderr=subprocess.STDOUT, check=True)
+    wall = time.perf_counter() - started
+    run_info = json.loads((run_dir / "run.json").read_text())
+    out: dict[str, Any] = {"seed": seed, "wall_seconds": round(wall, 1),
+                           "train": {k: v for k, v in run_info["metrics"].items()
+                                     if k != "history"},
+                           "config": run_info["config"], "log": str(log_path)}
+    for protocol in ("full", "popularity"):
+        per_user = run_dir / f"test-{protocol}.parquet"
+        result = subprocess.run(
+            [*cli, "evaluate", "--run", str(run_dir), "--data", args.data, "--protocol", protocol,
+             "--json", "--per-user", str(per_user)],
+            capture_output=True, text=True, check=True,
+        )
+        record = json.loads(result.stdout)
+        frame = pd.read_parquet(per_user)
+        record["ci95"] = {m: bootstrap_ci(frame[m].to_numpy()) for m in ("HR@10", "NDCG@10")}
+        out[protocol] = record
+    print(f"seed {seed}: full NDCG@10 {out['full']['metrics']['NDCG@10']:.4f} HR@10 "
+          f"{out['full']['metrics']['HR@10']:.4f}; popularity NDCG@10 "
+          f"{out['popularity']['metrics']['NDCG@10']:.4f} HR@10 "
+          f"{out['popularity']['metrics']['HR@10']:.4f}; {wall:.0f}s", flush=True)
+    return out
+
+
+def summarise(seeds: list[dict[str, Any]]) -> dict[str, Any]:
+    summary: dict[str, Any] = {}
+    for protocol in ("full", "popularity"):
+        summary[protocol] = {}
+        for metric in METRICS:
+            values = [s[protocol]["metrics"][metric] for s in seeds]
+            summary[protocol][metric] = {
+                "mean": statistics.fmean(values),
+                "std": statistics.stdev(values) if len(values) > 1 else 0.0,
+                "min": min(values), "max": max(values),
+            }
+    return summary
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--data", required=True)
+    parser.add_argument("--preset", required=True)
+    parser.add_argument("--name", default=None, help="label of the runs (default: the preset)")
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    parser.add_argument("--parallel", type=int, default=1)
+    parser.add_argument("--set", action="append", default=[])
+    parser.add_argument("--device", default=None)
+    parser.add_argument("--precision", default=None)
+    parser.add_argument("--threads", type=int, default=None)
+    parser.add_argument("--time-budget", type=float, default=None)
+    parser.add_argument("--runs", default="runs/seeds")
+    parser.add_argument("--out", required=True)
+    args = parser.parse_args()
+    args.name = args.name or args.preset
+    started = datetime.now(UTC)
+    with ThreadPoolExecutor(max_workers=args.parallel) as pool:
+        seeds = list(pool.map(lambda s: one_seed(args, s), args.seeds))
+    report = {
+        "command": " ".join([Path(sys.executable).name, *sys.argv]),
+        **git_commit(),
+        "date": started.isoformat(timespec="seconds"),
+        "machine": machine(),
+        "data": args.data,
+        "preset": args.preset,
+        "overrides": args.set,
+        "seeds": seeds,
+        "summary": summarise(seeds),
+    }
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(report, indent=2) + "\n")
+    for protocol in ("full", "popularity"):
+        s = report["summary"][protocol]
+        print(f"{args.name} {protocol}: NDCG@10 {s['NDCG@10']['mean']:.4f} +- "
+              f"{s['NDCG@10']['std']:.4f}, HR@10 {s['HR@10']['mean']:.4f} +- "
+              f"{s['HR@10']['std']:.4f} over {len(seeds)} seeds")
+
+
+if __name__ == "__main__":
+    main()

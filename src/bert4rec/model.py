@@ -1,0 +1,206 @@
+"""BERT4Rec (Sun et al., CIKM 2019): a bidirectional Transformer over a user's item history.
+
+Read top to bottom: config, embeddings, a post-LN Transformer block, the output head tied to
+the item embeddings, then the model with its training loss and its inference contract.
+
+Token ids: ``0`` padding, ``1..num_items`` items, ``num_items + 1`` ``[MASK]``. Sequences are
+left-padded so that the most recent item always sits in the last slot; position ids count from
+the right end (slot ``max_len - 1`` is the last), so a sequence gets the same positions however
+much padding a batch adds, and padding never changes a score.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, fields
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+@dataclass(frozen=True)
+class BERT4RecConfig:
+    """Architecture. Defaults are the paper's ML-1m settings (section 4.3, released scripts)."""
+
+    num_items: int
+    max_len: int = 200  # N
+    hidden_size: int = 64  # d
+    num_layers: int = 2  # L
+    num_heads: int = 2  # h: head size 32, "single head if d < 32"
+    inner_size: int | None = None  # FFN inner size, 4d when None
+    hidden_dropout: float = 0.2
+    attention_dropout: float = 0.2
+    init_std: float = 0.02
+    layer_norm_eps: float = 1e-12  # BERT's value
+
+    def __post_init__(self) -> None:
+        if self.hidden_size % self.num_heads:
+            raise ValueError(
+                f"hidden_size {self.hidden_size} is not divisible by num_heads {self.num_heads}"
+            )
+        if self.num_items < 1 or self.max_len < 2:
+            raise ValueError("num_items must be >= 1 and max_len >= 2")
+
+    @property
+    def ffn_size(self) -> int:
+        return self.inner_size or 4 * self.hidden_size
+
+    @property
+    def mask_id(self) -> int:
+        return self.num_items + 1
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]) -> BERT4RecConfig:
+        unknown = set(values) - {f.name for f in fields(cls)}
+        if unknown:
+            raise ValueError(f"unknown model setting(s): {', '.join(sorted(unknown))}")
+        return cls(**values)
+
+
+class TransformerBlock(nn.Module):
+    """Post-LN block (paper eq. 3-5): ``A = LN(H + Drop(MH(H)))``, ``H' = LN(A + Drop(FFN(A)))``."""
+
+    def __init__(self, config: BERT4RecConfig) -> None:
+        super().__init__()
+        d = config.hidden_size
+        self.num_heads = config.num_heads
+        self.attention_dropout = config.attention_dropout
+        self.qkv = nn.Linear(d, 3 * d)
+        self.out = nn.Linear(d, d)
+        self.norm1 = nn.LayerNorm(d, eps=config.layer_norm_eps)
+        self.ffn_in = nn.Linear(d, config.ffn_size)
+        self.ffn_out = nn.Linear(config.ffn_size, d)
+        self.norm2 = nn.LayerNorm(d, eps=config.layer_norm_eps)
+        self.dropout = nn.Dropout(config.hidden_dropout)
+
+    def forward(self, h: torch.Tensor, attend: torch.Tensor) -> torch.Tensor:
+        """``h``: (B, T, d); ``attend``: (B, 1, 1, T) bool, False at padding keys."""
+        b, t, d = h.shape
+        q, k, v = self.qkv(h).view(b, t, 3, self.num_heads, d // self.num_heads).unbind(2)
+        q, k, v = (x.transpose(1, 2) for x in (q, k, v))  # (B, heads, T, d_head)
+        a = F.scaled_dot_product_attention(
+            q, k, v, attn_mask=attend,
+            dropout_p=self.attention_dropout if self.training else 0.0,
+        )
+        a = a.transpose(1, 2).reshape(b, t, d)  # (B, T, d)
+        h = self.norm1(h + self.dropout(self.out(a)))
+        # Exact (erf) GELU, as in the paper and BERT.
+        return self.norm2(h + self.dropout(self.ffn_out(F.gelu(self.ffn_in(h)))))
+
+
+class BERT4Rec(nn.Module):
+    """Embeddings, L bidirectional blocks and the tied output head."""
+
+    name = "bert4rec"
+
+    def __init__(self, config: BERT4RecConfig) -> None:
+        super().__init__()
+        self.config = config
+        d = config.hidden_size
+        # Rows: padding, items 1..n, [MASK].
+        self.item_embedding = nn.Embedding(config.num_items + 2, d, padding_idx=0)
+        self.position_embedding = nn.Embedding(config.max_len, d)
+        self.embedding_norm = nn.LayerNorm(d, eps=config.layer_norm_eps)
+        self.embedding_dropout = nn.Dropout(config.hidden_dropout)
+        self.blocks = nn.ModuleList(TransformerBlock(config) for _ in range(config.num_layers))
+        # Output head (paper eq. 7): GELU(h W_P + b_P) -> LayerNorm, then E^T + b_O.
+        self.head_dense = nn.Linear(d, d)
+        self.head_norm = nn.LayerNorm(d, eps=config.layer_norm_eps)
+        self.output_bias = nn.Parameter(torch.zeros(config.num_items))
+        self.apply(self._init_weights)
+
+    def _init_weights(self, module: nn.Module) -> None:
+        std = self.config.init_std
+        if isinstance(module, nn.Linear | nn.Embedding):
+            # Truncated normal at +-2 std, as BERT's initializer.
+            nn.init.trunc_normal_(module.weight, std=std, a=-2 * std, b=2 * std)
+            if isinstance(module, nn.Linear) and module.bias is not None:
+                nn.init.zeros_(module.bias)
+            if isinstance(module, nn.Embedding) and module.padding_idx is not None:
+                with torch.no_grad():
+                    module.weight[module.padding_idx].zero_()
+        elif isinstance(module, nn.LayerNorm):
+            nn.init.ones_(module.weight)
+            nn.init.zeros_(module.bias)
+
+    @property
+    def num_items(self) -> int:
+        return self.config.num_items
+
+    @property
+    def device(self) -> torch.device:
+        return self.output_bias.device
+
+    def encode(self, tokens: torch.Tensor) -> torch.Tensor:
+        """Hidden states (B, T, d) of left-padded token ids (B, T), T <= max_len."""
+        t = tokens.shape[1]
+        positions = torch.arange(self.config.max_len - t, self.config.max_len, device=tokens.device)
+        h = self.item_embedding(tokens) + self.position_embedding(positions)[None]  # (B, T, d)
+        h = self.embedding_dropout(self.embedding_norm(h))
+        attend = (tokens != 0)[:, None, None, :]  # (B, 1, 1, T): padding is never attended to
+        for block in self.blocks:
+            h = block(h, attend)
+        return h
+
+    def logits(self, hidden: torch.Tensor) -> torch.Tensor:
+        """Item logits (N, num_items) for hidden states (N, d); column j is item j + 1."""
+        h = self.head_norm(F.gelu(self.head_dense(hidden)))
+        items = self.item_embedding.weight[1 : self.config.num_items + 1]  # tied, (n, d)
+        return h @ items.T + self.output_bias
+
+    def loss(self, tokens: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        """Mean cross-entropy over masked positions only (labels > 0); never a softmax at
+        unmasked positions. ``labels`` (B, T) holds the original item where masked, else 0."""
+        hidden = self.encode(tokens)
+        where = labels > 0
+        logits = self.logits(hidden[where])  # (N_masked, n)
+        return F.cross_entropy(logits.float(), labels[where] - 1)
+
+    # ------------------------------------------------------------------------------------------
+    # Inference: the recommender contract.
+
+    def inference_tokens(self, histories: Sequence[np.ndarray]) -> torch.Tensor:
+        """Left-padded (B, T) tokens: the last ``max_len - 1`` items, then ``[MASK]``."""
+        keep = self.config.max_len - 1
+        clipped = [np.asarray(h, dtype=np.int64)[-keep:] if len(h) else np.zeros(0, np.int64)
+                   for h in histories]
+        t = max(len(h) for h in clipped) + 1 if clipped else 1
+        tokens = np.zeros((len(clipped), t), dtype=np.int64)
+        for row, h in enumerate(clipped):
+            tokens[row, t - 1 - len(h) : t - 1] = h
+        tokens[:, -1] = self.config.mask_id
+        return torch.from_numpy(tokens)
+
+    @torch.no_grad()
+    def score(self, histories: Sequence[np.ndarray]) -> torch.Tensor:
+        """Scores (B, num_items + 1) for the item after each history, on the model's device;
+        column 0 is padding."""
+        was_training = self.training
+        self.eval()
+        tokens = self.inference_tokens(histories).to(self.device)
+        hidden = self.encode(tokens)[:, -1]  # (B, d): the [MASK] slot
+        logits = self.logits(hidden).float()
+        self.train(was_training)
+        pad = torch.full((len(histories), 1), -math.inf, device=logits.device)
+        return torch.cat([pad, logits], dim=1)
+
+    # Run-directory round trip.
+    def tensors(self) -> dict[str, torch.Tensor]:
+        return {k: v.detach().cpu() for k, v in self.state_dict().items()}
+
+    @classmethod
+    def from_tensors(cls, config: dict[str, Any], tensors: dict[str, torch.Tensor]) -> BERT4Rec:
+        model = cls(BERT4RecConfig.from_dict(config))
+        model.load_state_dict(tensors)
+        model.eval()
+        return model
+
+    def config_dict(self) -> dict[str, Any]:
+        return self.config.to_dict()

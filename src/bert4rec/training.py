@@ -1,0 +1,417 @@
+"""Cloze training of BERT4Rec with early stopping, a time budget, and resumable checkpoints.
+
+Optimisation follows the paper's released scripts: Adam (0.9, 0.999, eps 1e-6) with decoupled
+weight decay 0.01 except on LayerNorm and biases, linear warm-up then linear decay to zero,
+gradient clipping at global norm 5, batch 256. Replication studies found the paper's 400k steps
+at lr 1e-4 under-train badly; our tuned presets use a higher learning rate and stop early on
+validation NDCG@10 under full ranking (never on the test split).
+
+A checkpoint is written after every epoch into ``RUN_DIR/checkpoint``: weights, best weights,
+optimiser state and every random generator state, in safetensors plus a JSON file. Training
+started again with the same command resumes from it and, with the same seed, thread count and
+fp32, ends with the same metrics as a run that was never interrupted.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field, fields, replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from safetensors.torch import load_file, save_file
+from tqdm import tqdm
+
+from bert4rec.data import Interactions
+from bert4rec.errors import ConfigError, RunError
+from bert4rec.evaluation import evaluate
+from bert4rec.masking import cloze_mask, gather_windows, window_bounds
+from bert4rec.model import BERT4Rec, BERT4RecConfig
+from bert4rec.runs import atomic_write, write_json
+from bert4rec.split import train_sequences
+
+CHECKPOINT_DIR = "checkpoint"
+CHECKPOINT_VERSION = 1
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Training settings; presets in ``bert4rec/presets/*.toml`` set these and the model's."""
+
+    epochs: int = 200
+    max_steps: int | None = None  # when set, overrides epochs (the paper counts steps)
+    batch_size: int = 256
+    lr: float = 1e-3
+    warmup_steps: int = 100
+    weight_decay: float = 0.01
+    clip_norm: float = 5.0
+    adam_eps: float = 1e-6
+    mask_prob: float = 0.2  # rho
+    max_predictions: int = 40
+    last_item_prob: float = 0.1  # share of samples that mask only the last item
+    window_step: int | None = None  # None: one window (the most recent) per user per epoch
+    bucket_by_length: bool = True  # batches of similar length: less compute on padding
+    popularity_bias_init: bool = False  # output bias starts at log item frequency
+    eval_every: int = 1  # epochs between validation evaluations
+    patience: int = 10  # evaluations without improvement before stopping; 0 disables
+    time_budget: float | None = None  # seconds of training, then stop with the best weights
+    seed: int = 0
+    threads: int | None = None
+    precision: str = "fp32"  # or "bf16" (autocast)
+    device: str = "auto"  # "cpu", "cuda" or "auto"
+
+    def __post_init__(self) -> None:
+        if self.precision not in ("fp32", "bf16"):
+            raise ConfigError(f"precision must be fp32 or bf16, not {self.precision!r}")
+        if self.device not in ("auto", "cpu", "cuda"):
+            raise ConfigError(f"device must be auto, cpu or cuda, not {self.device!r}")
+        if not 0.0 < self.mask_prob <= 1.0:
+            raise ConfigError("mask_prob must be in (0, 1]")
+        if not 0.0 <= self.last_item_prob <= 1.0:
+            raise ConfigError("last_item_prob must be in [0, 1]")
+        if self.batch_size < 1 or self.epochs < 1 or self.eval_every < 1:
+            raise ConfigError("batch_size, epochs and eval_every must be >= 1")
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]) -> TrainConfig:
+        unknown = set(values) - {f.name for f in fields(cls)}
+        if unknown:
+            raise ConfigError(f"unknown training setting(s): {', '.join(sorted(unknown))}")
+        return cls(**values)
+
+
+@dataclass
+class TrainState:
+    """Progress that a checkpoint carries besides tensors."""
+
+    epoch: int = 0  # epochs completed
+    step: int = 0
+    elapsed: float = 0.0  # seconds of training so far, across resumptions
+    best_metric: float = -1.0
+    best_epoch: int = 0
+    bad_evals: int = 0
+    history: list[dict[str, Any]] = field(default_factory=list)
+    stopped: str = ""
+
+
+@dataclass
+class TrainResult:
+    model: BERT4Rec
+    state: TrainState
+    valid_metrics: dict[str, float]
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise ConfigError("device cuda requested but no CUDA GPU is available; use --device cpu")
+    return torch.device(name)
+
+
+def parameter_groups(model: torch.nn.Module, weight_decay: float) -> list[dict[str, Any]]:
+    """Decay matrices and embeddings; never LayerNorm weights or biases (BERT's rule)."""
+    decay, no_decay = [], []
+    for name, param in model.named_parameters():
+        if name.endswith("bias") or "norm" in name:
+            no_decay.append(param)
+        else:
+            decay.append(param)
+    return [
+        {"params": decay, "weight_decay": weight_decay},
+        {"params": no_decay, "weight_decay": 0.0},
+    ]
+
+
+def lr_factor(step: int, warmup: int, progress: float) -> float:
+    """Warm-up from 0 to 1 over ``warmup`` steps, then linear decay reaching 0 when
+    ``progress`` (the share of the run done, 0..1) reaches 1."""
+    if warmup > 0 and step < warmup:
+        return (step + 1) / warmup
+    return max(0.0, 1.0 - progress)
+
+
+class Trainer:
+    """Owns the model, optimiser, data windows and generators of one training run."""
+
+    def __init__(
+        self,
+        data: Interactions,
+        model_config: BERT4RecConfig,
+        config: TrainConfig,
+        run_dir: Path | None = None,
+        progress: bool = True,
+        log: Callable[[str], None] | None = None,
+    ) -> None:
+        self.data = data
+        self.config = config
+        self.run_dir = run_dir
+        self.progress = progress
+        self.log = log or (lambda message: None)
+        if config.threads:
+            torch.set_num_threads(config.threads)
+        self.device = resolve_device(config.device)
+        torch.manual_seed(config.seed)
+        self.generator = torch.Generator().manual_seed(config.seed)
+        self.model = BERT4Rec(model_config).to(self.device)
+        train = train_sequences(data)
+        self.train_items = train.items.astype(np.int64)
+        users, starts, ends = window_bounds(train.lengths, model_config.max_len,
+                                            config.window_step)
+        if len(users) == 0:
+            raise ConfigError("no training sequences: every user has fewer than 3 items")
+        base = train.offsets[users]
+        self.starts, self.ends = base + starts, base + ends  # positions in train_items
+        if config.popularity_bias_init:
+            counts = np.bincount(self.train_items, minlength=data.num_items + 1)[1:]
+            with torch.no_grad():
+                bias = torch.log(torch.as_tensor(counts, dtype=torch.float32) + 1.0)
+                self.model.output_bias.copy_((bias - bias.mean()).to(self.device))
+        self.steps_per_epoch = math.ceil(len(self.starts) / config.batch_size)
+        if config.max_steps:
+            self.total_steps = config.max_steps
+            self.epochs = math.ceil(config.max_steps / self.steps_per_epoch)
+        else:
+            self.epochs = config.epochs
+            self.total_steps = self.epochs * self.steps_per_epoch
+        self.optimizer = torch.optim.AdamW(
+            parameter_groups(self.model, config.weight_decay), lr=config.lr,
+            betas=(0.9, 0.999), eps=config.adam_eps,
+        )
+        self.state = TrainState()
+        self._set_lr(0.0)
+        self.best_weights = {k: v.detach().clone() for k, v in self.model.state_dict().items()}
+
+    # ------------------------------------------------------------------------------------------
+
+    def epoch_batches(self) -> list[np.ndarray]:
+        """Window indices per batch. With bucketing, windows of similar length share a batch
+        (shuffled within equal lengths, batches in random order), so little is spent on padding.
+        """
+        order = torch.randperm(len(self.starts), generator=self.generator).numpy()
+        if self.config.bucket_by_length:
+            lengths = (self.ends - self.starts)[order]
+            order = order[np.argsort(lengths, kind="stable")]
+        size = self.config.batch_size
+        batches = [order[i : i + size] for i in range(0, len(order), size)]
+        if self.config.bucket_by_length:
+            shuffle = torch.randperm(len(batches), generator=self.generator).tolist()
+            batches = [batches[i] for i in shuffle]
+        return batches
+
+    def progress_share(self, elapsed: float) -> float:
+        """Share of the run done: steps over total steps, or time over the time budget when
+        that is further along, so the learning rate reaches zero when the budget ends.
+        Without a budget it depends on the step alone and runs are reproducible."""
+        done = self.state.step / self.total_steps
+        warm = self.config.warmup_steps
+        if self.state.step >= warm:  # the decay spans the steps after warm-up
+            done = (self.state.step - warm) / max(1, self.total_steps - warm)
+        if self.config.time_budget:
+            done = max(done, elapsed / self.config.time_budget)
+        return done
+
+    def _set_lr(self, progress: float) -> None:
+        factor = lr_factor(self.state.step, self.config.warmup_steps, progress)
+        for group in self.optimizer.param_groups:
+            group["lr"] = self.config.lr * factor
+
+    def train_step(self, batch: np.ndarray, elapsed: float = 0.0) -> float:
+        cfg = self.config
+        self._set_lr(self.progress_share(elapsed))
+        tokens = gather_windows(self.train_items, self.starts[batch], self.ends[batch])
+        last_only = torch.rand(len(batch), generator=self.generator) < cfg.last_item_prob
+        inputs, labels = cloze_mask(tokens, self.model.config.mask_id, cfg.mask_prob,
+                                    cfg.max_predictions, last_only, self.generator)
+        inputs, labels = inputs.to(self.device), labels.to(self.device)
+        with torch.autocast(self.device.type, dtype=torch.bfloat16,
+                            enabled=cfg.precision == "bf16"):
+            loss = self.model.loss(inputs, labels)
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(self.model.parameters(), cfg.clip_norm)
+        self.optimizer.step()
+        self.state.step += 1
+        return float(loss.detach())
+
+    def validate(self) -> dict[str, float]:
+        result = evaluate(self.model, self.data, split="valid", protocol="full", progress=False,
+                          batch_size=512)
+        return result.metrics
+
+    def fit(self) -> TrainResult:
+        """Train until the epochs, the step count or the time budget run out, or validation
+        stops improving; the model ends with the best validation weights."""
+        cfg = self.config
+        if self.run_dir is not None:
+            self._try_resume()
+        self.model.train()
+        stop = self.state.stopped
+        while not stop and self.state.epoch < self.epochs:
+            started = time.perf_counter()
+            losses: list[float] = []
+            bar = tqdm(self.epoch_batches(), desc=f"epoch {self.state.epoch + 1}/{self.epochs}",
+                       unit="batch", leave=False, disable=not self.progress, delay=1.0)
+            for batch in bar:
+                if self.state.step >= self.total_steps:
+                    break
+                losses.append(self.train_step(
+                    batch, self.state.elapsed + time.perf_counter() - started))
+                bar.set_postfix(loss=f"{losses[-1]:.3f}")
+                if cfg.time_budget and self.state.elapsed + time.perf_counter() - started \
+                        > cfg.time_budget:
+                    stop = "time budget"
+                    break
+            bar.close()
+            self.state.elapsed += time.perf_counter() - started
+            self.state.epoch += 1
+            record: dict[str, Any] = {
+                "epoch": self.state.epoch, "step": self.state.step,
+                "loss": float(np.mean(losses)) if losses else float("nan"),
+                "elapsed": round(self.state.elapsed, 2),
+            }
+            finished = self.state.epoch >= self.epochs or self.state.step >= self.total_steps
+            if self.state.epoch % cfg.eval_every == 0 or finished or stop:
+                metrics = self.validate()
+                self.model.train()
+                record["valid_NDCG@10"] = metrics["NDCG@10"]
+                record["valid_HR@10"] = metrics["HR@10"]
+                if metrics["NDCG@10"] > self.state.best_metric:
+                    self.state.best_metric = metrics["NDCG@10"]
+                    self.state.best_epoch = self.state.epoch
+                    self.state.bad_evals = 0
+                    self.best_weights = {k: v.detach().clone()
+                                         for k, v in self.model.state_dict().items()}
+                else:
+                    self.state.bad_evals += 1
+                    if cfg.patience and self.state.bad_evals >= cfg.patience:
+                        stop = stop or "early stopping"
+            if self.state.step >= self.total_steps:
+                stop = stop or "steps done"
+            self.state.history.append(record)
+            self.state.stopped = stop
+            self._report(record)
+            if self.run_dir is not None:
+                self.save_checkpoint()
+        self.state.stopped = stop or "epochs done"
+        self.model.load_state_dict(self.best_weights)
+        self.model.eval()
+        valid = self.validate() if self.state.best_epoch else {}
+        return TrainResult(self.model, self.state, valid)
+
+    def _report(self, record: dict[str, Any]) -> None:
+        per_epoch = self.state.elapsed / max(1, self.state.epoch)
+        left = per_epoch * (self.epochs - self.state.epoch)
+        if self.config.time_budget:
+            left = min(left, max(0.0, self.config.time_budget - self.state.elapsed))
+        line = f"epoch {record['epoch']:>4}  loss {record['loss']:.4f}"
+        if "valid_NDCG@10" in record:
+            line += (f"  valid NDCG@10 {record['valid_NDCG@10']:.4f} HR@10 "
+                     f"{record['valid_HR@10']:.4f}  best {self.state.best_metric:.4f}"
+                     f" (epoch {self.state.best_epoch})")
+        line += f"  {per_epoch:.1f}s/epoch  ETA {_clock(left)}"
+        self.log(line)
+
+    # ------------------------------------------------------------------------------------------
+    # Checkpoints
+
+    def _identity(self) -> dict[str, Any]:
+        return {
+            "version": CHECKPOINT_VERSION,
+            "data": self.data.fingerprint,
+            "model": self.model.config.to_dict(),
+            "train": {k: v for k, v in self.config.to_dict().items()
+                      if k not in ("time_budget", "threads", "device", "epochs", "max_steps",
+                                   "patience")},
+        }
+
+    def save_checkpoint(self) -> None:
+        assert self.run_dir is not None
+        folder = self.run_dir / CHECKPOINT_DIR
+        folder.mkdir(parents=True, exist_ok=True)
+        tensors: dict[str, torch.Tensor] = {}
+        for k, v in self.model.state_dict().items():
+            tensors[f"model.{k}"] = v.detach().cpu().contiguous()
+        for k, v in self.best_weights.items():
+            tensors[f"best.{k}"] = v.detach().cpu().contiguous()
+        optimizer = self.optimizer.state_dict()
+        for index, slots in optimizer["state"].items():
+            for key, value in slots.items():
+                tensors[f"optim.{index}.{key}"] = torch.as_tensor(value).cpu().contiguous()
+        tensors["rng.torch"] = torch.get_rng_state()
+        tensors["rng.data"] = self.generator.get_state()
+        if self.device.type == "cuda":
+            tensors["rng.cuda"] = torch.cuda.get_rng_state(self.device)
+        meta = {
+            "identity": self._identity(),
+            "state": asdict(self.state),
+            "param_groups": [{k: v for k, v in g.items() if k != "params"}
+                             for g in optimizer["param_groups"]],
+        }
+        atomic_write(folder / "state.safetensors",
+                     lambda tmp: save_file(tensors, tmp, metadata={"step": str(self.state.step)}))
+        write_json(folder / "state.json", meta)
+
+    def _try_resume(self) -> None:
+        assert self.run_dir is not None
+        folder = self.run_dir / CHECKPOINT_DIR
+        if not (folder / "state.json").exists():
+            return
+        try:
+            meta = json.loads((folder / "state.json").read_text(encoding="utf-8"))
+            tensors = load_file(str(folder / "state.safetensors"))
+        except (OSError, json.JSONDecodeError) as exc:
+            raise RunError(f"{folder} is damaged ({exc}); remove it to start over") from exc
+        if meta.get("identity") != self._identity():
+            raise RunError(
+                f"{self.run_dir} holds an unfinished run with other data or settings; pass "
+                "--overwrite to start over or choose another --output"
+            )
+        self.model.load_state_dict({k[6:]: v for k, v in tensors.items()
+                                    if k.startswith("model.")})
+        self.best_weights = {k[5:]: v.to(self.device) for k, v in tensors.items()
+                             if k.startswith("best.")}
+        optim_state: dict[int, dict[str, torch.Tensor]] = {}
+        for key, value in tensors.items():
+            if key.startswith("optim."):
+                _, index, slot = key.split(".", 2)
+                optim_state.setdefault(int(index), {})[slot] = value
+        groups = self.optimizer.state_dict()["param_groups"]
+        for group, saved in zip(groups, meta["param_groups"], strict=True):
+            group.update({k: v for k, v in saved.items() if k != "params"})
+        self.optimizer.load_state_dict({"state": optim_state, "param_groups": groups})
+        torch.set_rng_state(tensors["rng.torch"])
+        self.generator.set_state(tensors["rng.data"])
+        if "rng.cuda" in tensors and self.device.type == "cuda":
+            torch.cuda.set_rng_state(tensors["rng.cuda"], self.device)
+        self.state = TrainState(**meta["state"])
+        self.log(f"resumed from {folder} at epoch {self.state.epoch} (step {self.state.step})")
+
+
+def _clock(seconds: float) -> str:
+    seconds = int(seconds)
+    return f"{seconds // 3600}:{seconds % 3600 // 60:02d}:{seconds % 60:02d}"
+
+
+def remove_checkpoint(run_dir: Path) -> None:
+    folder = run_dir / CHECKPOINT_DIR
+    for name in ("state.safetensors", "state.json"):
+        path = folder / name
+        if path.exists():
+            os.unlink(path)
+    if folder.exists() and not any(folder.iterdir()):
+        folder.rmdir()
+
+
+def with_overrides(config: TrainConfig, **overrides: Any) -> TrainConfig:
+    """A copy with the non-None overrides applied."""
+    return replace(config, **{k: v for k, v in overrides.items() if v is not None})
