@@ -188,44 +188,26 @@ def cmd_train(args: argparse.Namespace) -> int:
 def _train_bert4rec(
     args: argparse.Namespace, data: Interactions, options: PrepareOptions, titles: dict[Any, str]
 ) -> int:
-    from bert4rec.presets import load_preset, parse_assignment
-    from bert4rec.training import Trainer, remove_checkpoint
+    from bert4rec.api import train
+    from bert4rec.presets import parse_assignment
+    from bert4rec.training import remove_checkpoint
 
     overrides = dict(parse_assignment(text) for text in args.set)
     for name in ("epochs", "time_budget", "device", "precision", "threads"):
         if getattr(args, name) is not None:
             overrides[name] = getattr(args, name)
     overrides["seed"] = args.seed
-    preset = load_preset(args.preset, overrides)
-    model_config = preset.model_config(data.num_items)
     if args.overwrite:
         remove_checkpoint(args.output)
-    _say(f"training bert4rec, preset {preset.name}: {model_config.to_dict()}")
-    trainer = Trainer(data, model_config, preset.train, run_dir=args.output,
-                      progress=not args.quiet, log=_say)
+    _say(f"training bert4rec, preset {args.preset}")
     try:
-        result = trainer.fit()
+        result = train(data, args.preset, args.output, options=options, titles=titles,
+                       progress=not args.quiet, log=_say, **overrides)
     except KeyboardInterrupt:
         _say(f"interrupted; the last finished epoch is saved in {args.output}/checkpoint. "
              "Run the same command again to resume.")
         raise
-    state = result.state
-    metrics = {
-        "valid_full": result.valid_metrics,
-        "train_seconds": round(state.elapsed, 2),
-        "epochs": state.epoch,
-        "steps": state.step,
-        "best_epoch": state.best_epoch,
-        "stopped": state.stopped,
-        "history": state.history,
-    }
-    save_run(args.output, "bert4rec", model_config.to_dict(), result.model.tensors(), data,
-             options, metrics=metrics, seed=args.seed, titles=titles,
-             extra_provenance={"preset": preset.name, "train": preset.train.to_dict(),
-                               "threads": torch.get_num_threads(),
-                               "device": str(trainer.device)})
-    remove_checkpoint(args.output)
-    best = result.valid_metrics
+    state, best = result.state, result.valid_metrics
     _say(f"trained bert4rec: {state.epoch} epochs in {state.elapsed:.0f}s ({state.stopped}); "
          f"best validation (full ranking) NDCG@10={best.get('NDCG@10', float('nan')):.4f} "
          f"HR@10={best.get('HR@10', float('nan')):.4f} at epoch {state.best_epoch}")

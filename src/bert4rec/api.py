@@ -1,0 +1,73 @@
+"""The Python API in a few calls: ``fit`` a model, ``save`` it, and (from the package root)
+``load_model``, ``evaluate`` and ``recommend``.
+
+    import bert4rec
+    data = bert4rec.load_interactions("ml-1m.txt")
+    model = bert4rec.fit(data, preset="ml-1m", time_budget=600)
+    bert4rec.evaluate(model, data, protocol="full").metrics
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from bert4rec.data import Interactions, PrepareOptions
+from bert4rec.model import BERT4Rec
+from bert4rec.presets import load_preset
+from bert4rec.runs import save_run
+from bert4rec.training import Trainer, TrainResult, remove_checkpoint
+
+
+def _stderr(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
+
+
+def train(
+    data: Interactions,
+    preset: str = "default",
+    output: str | Path | None = None,
+    options: PrepareOptions | None = None,
+    titles: dict[Any, str] | None = None,
+    progress: bool = True,
+    log: Callable[[str], None] | None = _stderr,
+    **overrides: Any,
+) -> TrainResult:
+    """Train BERT4Rec with a preset (name or .toml path) and ``overrides`` of any of its
+    settings. With ``output``, checkpoints go there every epoch (an interrupted call resumes
+    from them) and the finished run is saved there."""
+    chosen = load_preset(preset, overrides)
+    model_config = chosen.model_config(data.num_items)
+    run_dir = Path(output) if output is not None else None
+    trainer = Trainer(data, model_config, chosen.train, run_dir=run_dir, progress=progress,
+                      log=log)
+    result = trainer.fit()
+    if run_dir is not None:
+        state = result.state
+        metrics = {
+            "valid_full": result.valid_metrics,
+            "train_seconds": round(state.elapsed, 2),
+            "epochs": state.epoch,
+            "steps": state.step,
+            "best_epoch": state.best_epoch,
+            "stopped": state.stopped,
+            "history": state.history,
+        }
+        save_run(run_dir, result.model.name, model_config.to_dict(), result.model.tensors(),
+                 data, options or PrepareOptions(), metrics=metrics, seed=chosen.train.seed,
+                 titles=titles,
+                 extra_provenance={"preset": chosen.name, "train": chosen.train.to_dict(),
+                                   "threads": torch.get_num_threads(),
+                                   "device": str(trainer.device)})
+        remove_checkpoint(run_dir)
+    return result
+
+
+def fit(data: Interactions, preset: str = "default", output: str | Path | None = None,
+        **overrides: Any) -> BERT4Rec:
+    """Train and return the model (best validation weights); see :func:`train`."""
+    return train(data, preset, output, **overrides).model

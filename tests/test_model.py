@@ -1,0 +1,133 @@
+"""BERT4Rec itself: shapes, padding, bidirectionality, the loss, and round trips."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from bert4rec.model import BERT4Rec, BERT4RecConfig
+
+
+def tiny(num_items: int = 20, **overrides: object) -> BERT4Rec:
+    torch.manual_seed(0)
+    config = BERT4RecConfig(num_items=num_items, max_len=8, hidden_size=16, num_layers=2,
+                            num_heads=2, hidden_dropout=0.0, attention_dropout=0.0,
+                            **overrides)  # type: ignore[arg-type]
+    return BERT4Rec(config).eval()
+
+
+def test_shapes() -> None:
+    model = tiny()
+    tokens = torch.tensor([[0, 0, 3, 4, 21], [1, 2, 3, 4, 5]])
+    hidden = model.encode(tokens)
+    assert hidden.shape == (2, 5, 16)
+    assert model.logits(hidden[:, -1]).shape == (2, 20)
+    scores = model.score([np.array([3, 4]), np.array([1, 2, 3, 4, 5, 6, 7, 8, 9, 10])])
+    assert scores.shape == (2, 21)
+    assert torch.isinf(scores[:, 0]).all()  # padding column is never recommended
+
+
+def test_head_size_must_divide() -> None:
+    with pytest.raises(ValueError, match="not divisible"):
+        BERT4RecConfig(num_items=5, hidden_size=10, num_heads=3)
+
+
+def test_output_is_tied_to_item_embeddings() -> None:
+    model = tiny()
+    hidden = torch.randn(3, 16)
+    before = model.logits(hidden)
+    with torch.no_grad():
+        model.item_embedding.weight[5] += 1.0  # item 5 -> logit column 4
+    after = model.logits(hidden)
+    changed = (before - after).abs().sum(dim=0) > 0
+    assert changed.tolist() == [i == 4 for i in range(20)]
+
+
+def test_padding_never_changes_a_score() -> None:
+    model = tiny()
+    short = torch.tensor([[3, 4, 5, 21]])
+    padded = torch.tensor([[0, 0, 0, 3, 4, 5, 21]])
+    a = model.encode(short)[:, -1]
+    b = model.encode(padded)[:, -1]
+    torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
+    # Batched scoring pads short histories to the longest one: same scores as alone.
+    alone = model.score([np.array([3, 4, 5])])
+    together = model.score([np.array([3, 4, 5]), np.array([1, 2, 3, 4, 5, 6, 7])])[:1]
+    torch.testing.assert_close(alone, together, rtol=1e-5, atol=1e-5)
+
+
+def test_padding_tokens_do_not_leak_through_attention() -> None:
+    model = tiny()
+    # Padding rows of the embedding are zero, but position embeddings are not: attention must
+    # still ignore padded slots entirely.
+    a = model.encode(torch.tensor([[0, 0, 7, 21]]))[:, -1]
+    with torch.no_grad():
+        model.position_embedding.weight[:5] += 10.0  # only reachable through padded slots
+    b = model.encode(torch.tensor([[0, 0, 7, 21]]))[:, -1]
+    torch.testing.assert_close(a, b)
+
+
+def test_bidirectional_a_later_item_changes_an_earlier_position() -> None:
+    model = tiny()
+    a = model.encode(torch.tensor([[3, 4, 5, 6]]))
+    b = model.encode(torch.tensor([[3, 4, 5, 9]]))
+    assert not torch.allclose(a[:, 0], b[:, 0])
+
+
+def test_loss_ignores_unmasked_positions() -> None:
+    model = tiny()
+    tokens = torch.tensor([[3, 21, 5, 21], [0, 7, 21, 9]])
+    labels = torch.tensor([[0, 4, 0, 6], [0, 0, 8, 0]])
+    loss = model.loss(tokens, labels)
+    hidden = model.encode(tokens)
+    logits = model.logits(hidden[labels > 0])
+    expected = torch.nn.functional.cross_entropy(logits, torch.tensor([3, 5, 7]))
+    torch.testing.assert_close(loss, expected)
+    # Changing what unmasked positions would "predict" changes nothing.
+    other = torch.tensor([[0, 4, 0, 6], [0, 0, 8, 0]])
+    torch.testing.assert_close(model.loss(tokens, other), loss)
+
+
+def test_loss_never_computes_logits_at_unmasked_positions(monkeypatch: pytest.MonkeyPatch) -> None:
+    model = tiny()
+    seen: list[int] = []
+    original = model.logits
+
+    def spy(hidden: torch.Tensor) -> torch.Tensor:
+        seen.append(hidden.shape[0])
+        return original(hidden)
+
+    monkeypatch.setattr(model, "logits", spy)
+    model.loss(torch.tensor([[3, 21, 5, 6, 7, 21]]), torch.tensor([[0, 4, 0, 0, 0, 8]]))
+    assert seen == [2]
+
+
+def test_inference_keeps_last_items_and_appends_mask() -> None:
+    model = tiny()
+    tokens = model.inference_tokens([np.arange(1, 13), np.array([5])])
+    assert tokens.shape == (2, 8)
+    assert tokens[0].tolist() == [6, 7, 8, 9, 10, 11, 12, 21]  # last max_len - 1, then [MASK]
+    assert tokens[1].tolist() == [0, 0, 0, 0, 0, 0, 5, 21]
+    empty = model.inference_tokens([np.array([], dtype=np.int64)])
+    assert empty.tolist() == [[21]]
+
+
+def test_tensor_round_trip_gives_identical_scores() -> None:
+    model = tiny()
+    again = BERT4Rec.from_tensors(model.config.to_dict(), model.tensors())
+    histories = [np.array([1, 2, 3]), np.array([4])]
+    assert torch.equal(model.score(histories), again.score(histories))
+
+
+def test_truncated_normal_init() -> None:
+    model = tiny()
+    weight = model.item_embedding.weight[1:]
+    assert weight.abs().max() <= 0.04 + 1e-6
+    assert 0.01 < weight.std() < 0.03
+    assert torch.equal(model.item_embedding.weight[0], torch.zeros(16))
+
+
+def test_config_rejects_unknown_keys() -> None:
+    with pytest.raises(ValueError, match="unknown model setting"):
+        BERT4RecConfig.from_dict({"num_items": 3, "hidden": 4})
