@@ -60,7 +60,10 @@ def git_commit() -> dict[str, Any]:
         except OSError:
             return ""
 
-    return {"commit": run("git", "rev-parse", "HEAD"),
+    commit = run("git", "rev-parse", "HEAD")
+    if len(commit) != 40:  # a copy of the tree without its history: the caller says which
+        return {"commit": os.environ.get("BERT4REC_COMMIT", "unknown"), "dirty": None}
+    return {"commit": commit,
             "dirty": bool(run("git", "status", "--porcelain", "--untracked-files=no"))}
 
 

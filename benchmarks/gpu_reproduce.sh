@@ -1,31 +1,28 @@
 #!/usr/bin/env bash
-# Reproduction runs on one GPU: BERT4Rec on ML-1m and Beauty, three seeds per preset, all runs
-# at once (small models leave a GPU mostly idle, so several share it well). Each training run
-# stops at its time budget at the latest; the learning rate decays to zero by then.
+# Reproduction runs on one GPU: BERT4Rec, three seeds per data set and preset, all runs at once
+# (small models leave a GPU mostly idle, so several share it well). Each training run stops at
+# its time budget at the latest; the learning rate decays to zero by then.
 #
-#   DATA=/path/with/ml-1m.txt+beauty.txt OUT=results-dir bash benchmarks/gpu_reproduce.sh [SECONDS]
+#   DATA=dir-with-ml-1m.txt-and-beauty.txt OUT=results-dir \
+#     bash benchmarks/gpu_reproduce.sh SECONDS ml-1m.txt:ml-1m [beauty.txt:beauty ...]
 set -u
 budget=${1:-330}
+shift
+jobs=("$@")
+[ ${#jobs[@]} -gt 0 ] || jobs=(ml-1m.txt:ml-1m)
 data=${DATA:-.devdata}
 out=${OUT:-benchmarks/results}
 export PYTHONPATH=src PYTHONUNBUFFERED=1 BERT4REC_CACHE=/tmp/bert4rec-cache
 mkdir -p "$out"
 nvidia-smi --query-gpu=name,memory.total --format=csv,noheader
-# A one-epoch smoke run first: a broken GPU path fails in seconds, not at the end.
-python3 -m bert4rec synthetic --output /tmp/smoke.csv --users 300 &&
-  python3 -m bert4rec train --model bert4rec --data /tmp/smoke.csv --preset demo --set epochs=1 \
-    --device cuda --precision bf16 --output /tmp/smoke-run --overwrite --quiet &&
-  python3 -m bert4rec evaluate --run /tmp/smoke-run --data /tmp/smoke.csv --json || exit 1
-common=(--seeds 0 1 2 --parallel 3 --device cuda --precision bf16 --threads 1
-        --time-budget "$budget" --runs /tmp/bert4rec-runs)
-python3 -m bert4rec prepare --data "$data/ml-1m.txt" >/dev/null
-python3 -m bert4rec prepare --data "$data/beauty.txt" >/dev/null
-for preset in ml-1m ml-1m-small; do
-  python3 benchmarks/bert4rec_seeds.py --data "$data/ml-1m.txt" --preset $preset "${common[@]}" \
-    --out "$out/gpu-$preset.json" >"$out/gpu-$preset.log" 2>&1 &
+for job in "${jobs[@]}"; do
+  python3 -m bert4rec prepare --data "$data/${job%%:*}" >/dev/null || exit 1
 done
-for preset in beauty beauty-large; do
-  python3 benchmarks/bert4rec_seeds.py --data "$data/beauty.txt" --preset $preset "${common[@]}" \
+for job in "${jobs[@]}"; do
+  file=${job%%:*} preset=${job##*:}
+  python3 benchmarks/bert4rec_seeds.py --data "$data/$file" --preset "$preset" \
+    --seeds 0 1 2 --parallel 3 --device cuda --precision bf16 --threads 4 \
+    --time-budget "$budget" --runs /tmp/bert4rec-runs \
     --out "$out/gpu-$preset.json" >"$out/gpu-$preset.log" 2>&1 &
 done
 wait

@@ -190,6 +190,21 @@ def test_equal_timestamps_keep_file_order() -> None:
     assert sequences_of(prepare_frame(frame, KEEP_ALL)) == {"u": ["d", "b", "e", "c", "a"]}
 
 
+def test_many_equal_timestamps_keep_file_order() -> None:
+    # Large enough that an unstable sort would reorder ties (small arrays sort stably anyway).
+    rng = np.random.default_rng(0)
+    times = rng.integers(0, 3, size=300)
+    frame = pd.DataFrame({"user": rng.choice(["u", "v"], size=300), "item": np.arange(300),
+                          "timestamp": times})
+
+    prepared = prepare_frame(frame, KEEP_ALL)
+
+    for user, items in sequences_of(prepared).items():
+        rows = frame[frame["user"] == user]
+        assert items == rows.sort_values("timestamp", kind="stable")["item"].tolist()
+        assert items != rows["item"].tolist()
+
+
 def test_without_timestamps_file_order_is_kept() -> None:
     frame = pd.DataFrame({"user": ["u", "v", "u", "u"], "item": ["z", "a", "y", "x"]})
 

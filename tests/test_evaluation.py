@@ -211,6 +211,27 @@ def test_constant_model_sampled_is_chance_level(constant: type, medium: Interact
     assert pessimistic.metrics["MRR"] == pytest.approx(1 / 21)
 
 
+@pytest.mark.parametrize("protocol", ["popularity", "uniform"])
+def test_sampled_protocols_rank_against_their_negatives(
+    medium: Interactions, protocol: EvalProtocol
+) -> None:
+    class ByItemId:
+        num_items = medium.num_items
+
+        def score(self, histories: Sequence[np.ndarray]) -> torch.Tensor:
+            return torch.arange(medium.num_items + 1.0).expand(len(histories), -1)
+
+    result = evaluate(ByItemId(), medium, protocol=protocol, num_negatives=10, seed=8,
+                      progress=False)
+
+    cases = eval_cases(medium, "test")
+    weights = item_popularity(medium) if protocol == "popularity" else None
+    negatives = sample_negatives(medium, cases.users, 10, weights, seed=8)
+    expected = (negatives > cases.targets[:, None]).sum(axis=1)
+    assert result.per_user["greater"].tolist() == expected.tolist()
+    assert result.per_user["ties"].tolist() == [0] * len(cases)
+
+
 def test_result_as_dict(constant: type, tiny: Interactions) -> None:
     full = evaluate(constant(6), tiny, split="valid", progress=False).to_dict()
     sampled = evaluate(constant(6), tiny, protocol="popularity", num_negatives=1, seed=7,

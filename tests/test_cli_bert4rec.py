@@ -1,0 +1,83 @@
+"""The CLI with the neural model: train, evaluate, recommend; presets and overrides."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from bert4rec import synthetic
+from bert4rec.cli import main
+from bert4rec.runs import load_model
+
+TINY_SETTINGS = ["--set", "epochs=2", "--set", "hidden_size=16", "--set", "max_len=12",
+                 "--set", "batch_size=64", "--set", "eval_every=1", "--threads", "1", "--quiet"]
+
+
+@pytest.fixture
+def log_path(tmp_path: Path) -> Path:
+    frame = synthetic.generate(num_users=80, num_items=40, min_length=6, max_length=12, seed=1)
+    return synthetic.write(tmp_path / "synthetic.csv", frame)
+
+
+def test_train_evaluate_recommend(
+    tmp_path: Path, log_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    run = tmp_path / "run"
+    assert main(["train", "--model", "bert4rec", "--preset", "demo", "--data", str(log_path),
+                 "--output", str(run), *TINY_SETTINGS]) == 0
+    err = capsys.readouterr().err
+    assert "SYNTHETIC" in err and "best validation" in err
+    assert not (run / "checkpoint").exists()  # a finished run keeps no training state
+    meta = json.loads((run / "run.json").read_text())
+    assert meta["model"] == "bert4rec"
+    assert meta["config"]["hidden_size"] == 16
+    assert meta["provenance"]["preset"] == "demo"
+    assert meta["provenance"]["seed"] == 0
+    assert len(meta["metrics"]["history"]) == 2
+
+    assert main(["evaluate", "--run", str(run), "--data", str(log_path), "--protocol",
+                 "popularity", "--negatives", "20", "--json"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["protocol"] == "popularity" and out["users"] == 80
+    assert 0.0 <= out["metrics"]["NDCG@10"] <= out["metrics"]["HR@10"] <= 1.0
+
+    assert main(["recommend", "--run", str(run), "--history", "i1 i2 nope", "-k", "3",
+                 "--json"]) == 0
+    rec = json.loads(capsys.readouterr().out)
+    assert rec["skipped"] == ["nope"] and rec["history_used"] == 2
+    assert len(rec["items"]) == 3
+    assert not {"i1", "i2"} & {row["item"] for row in rec["items"]}
+
+
+def test_same_seed_same_run(tmp_path: Path, log_path: Path) -> None:
+    for name in ("a", "b"):
+        assert main(["train", "--model", "bert4rec", "--preset", "demo", "--data",
+                     str(log_path), "--output", str(tmp_path / name), *TINY_SETTINGS]) == 0
+    model_a, _ = load_model(tmp_path / "a")
+    model_b, _ = load_model(tmp_path / "b")
+    for key, value in model_a.state_dict().items():
+        assert (value == model_b.state_dict()[key]).all()
+
+
+def test_unknown_preset_and_setting(
+    tmp_path: Path, log_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    base = ["train", "--model", "bert4rec", "--data", str(log_path), "--output",
+            str(tmp_path / "x")]
+    assert main([*base, "--preset", "nope"]) == 2
+    assert "unknown preset 'nope'" in capsys.readouterr().err
+    assert main([*base, "--set", "hidden=3"]) == 2
+    assert "unknown setting 'hidden'" in capsys.readouterr().err
+    assert main([*base, "--set", "hidden_size=10", "--set", "num_heads=3"]) == 2
+    assert "not divisible" in capsys.readouterr().err
+    assert not (tmp_path / "x" / "run.json").exists()
+
+
+def test_presets_listed(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["presets"]) == 0
+    out = capsys.readouterr().out
+    for name in ("ml-1m-paper", "beauty-paper", "ml-20m-paper", "steam-paper", "ml-1m",
+                 "beauty", "default", "demo"):
+        assert name in out
