@@ -4,7 +4,9 @@ POP is trained and evaluated through the library API on the leave-one-out test s
 three protocols: popularity-sampled (the paper's), uniform-sampled (seed 0) and full ranking.
 The paper's protocol samples its negatives at random, so it is also run with seeds 0..4 and
 reported as median and min/max. Popularity-sampled metrics are given under the three tie rules,
-since many items share a count and POP scores them alike.
+since many items share a count and POP scores them alike. Two diagnostics rerun the paper's
+protocol (seed 0) with POP counting more than the training part: train + validation, and the
+whole log (test items included, a leak).
 
     python benchmarks/pop_baseline.py [--ml-1m PATH] [--beauty PATH] [--output PATH]
 

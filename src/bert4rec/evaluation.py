@@ -94,35 +94,44 @@ def sample_negatives(
     num_negatives: int = 100,
     weights: np.ndarray | None = None,
     seed: int = 0,
-    chunk: int = 512,
 ) -> np.ndarray:
     """``num_negatives`` distinct items per user, never one of the user's items, drawn without
     replacement with probability proportional to ``weights`` (uniform if ``None``).
 
-    Uses the Gumbel-top-k trick: the top-n of ``log w + Gumbel noise`` is a sample without
-    replacement from ``w``, computed for a chunk of users at once.
+    Successive sampling without replacement, done exactly and cheaply: draw items i.i.d. from
+    ``weights``, drop the user's own items, and keep the first occurrences in draw order. The
+    k-th kept item is then drawn in proportion to the weights of the items not yet taken, which
+    is what sampling without replacement means. Cost grows with ``num_negatives``, not with the
+    catalogue.
     """
     num_items = data.num_items
-    if weights is None:
-        weights = np.ones(num_items + 1)
-    log_w = np.log(np.asarray(weights, dtype=np.float64), where=weights > 0,
-                   out=np.full(num_items + 1, -np.inf))
-    log_w[0] = -np.inf
+    w = np.ones(num_items + 1) if weights is None else np.array(weights, dtype=np.float64)
+    w[0] = 0.0
+    cdf = np.cumsum(w)
+    total = cdf[-1]
+    positive = w > 0
+    seen_sets = [np.unique(data.sequence(u)) for u in np.asarray(users).tolist()]
+    available = positive.sum() - np.array([positive[s].sum() for s in seen_sets], dtype=np.int64)
+    if len(available) and available.min() < num_negatives:
+        raise ConfigError(
+            f"a user has only {int(available.min())} items left to sample from; "
+            f"use fewer than {num_negatives} negatives"
+        )
     rng = np.random.default_rng(seed)
-    out = np.zeros((len(users), num_negatives), dtype=np.int64)
-    for start in range(0, len(users), chunk):
-        block = users[start : start + chunk]
-        keys = log_w[None, :] + rng.gumbel(size=(len(block), num_items + 1))
-        for row, u in enumerate(block.tolist()):
-            keys[row, data.sequence(u)] = -np.inf
-        available = np.isfinite(keys).sum(axis=1)
-        if (available < num_negatives).any():
-            raise ConfigError(
-                f"a user has only {int(available.min())} items left to sample from; "
-                f"use fewer than {num_negatives} negatives"
-            )
-        top = np.argpartition(-keys, num_negatives - 1, axis=1)[:, :num_negatives]
-        out[start : start + len(block)] = top
+    out = np.zeros((len(seen_sets), num_negatives), dtype=np.int64)
+    excluded = np.zeros(num_items + 1, dtype=bool)
+    for row, seen in enumerate(seen_sets):
+        excluded[seen] = True
+        free = 1.0 - w[seen].sum() / total  # weight share left to draw from
+        size = int(1.5 * num_negatives / max(free, 1e-9)) + 32
+        kept = np.zeros(0, dtype=np.int64)
+        while len(kept) < num_negatives:
+            draws = np.searchsorted(cdf, rng.random(size) * total, side="right")
+            draws = np.concatenate([kept, draws[~excluded[draws]]])
+            _, first = np.unique(draws, return_index=True)
+            kept = draws[np.sort(first)]
+        out[row] = kept[:num_negatives]
+        excluded[seen] = False
     return out
 
 
