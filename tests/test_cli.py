@@ -20,6 +20,8 @@ from bert4rec.evaluation import METRICS, evaluate
 from bert4rec.recommender import recommend
 from bert4rec.split import train_sequences
 
+FALLBACK_NOTE = "no known item in the history: these are the most popular items in training"
+
 
 @pytest.fixture
 def log(tmp_path: Path) -> Path:
@@ -243,7 +245,7 @@ def test_empty_history_falls_back_to_popularity(
     answer = json.loads(capsys.readouterr().out)
     top = np.argsort(-model.counts.numpy(), kind="stable")[:4]
     assert code == 0
-    assert answer["note"] == "empty history: these are the most popular items"
+    assert answer["note"] == FALLBACK_NOTE
     assert answer["history_used"] == 0
     assert [row["score"] for row in answer["items"]] == model.counts[top].tolist()
 
@@ -252,7 +254,7 @@ def test_empty_history_says_so_on_stderr(run: Path, capsys: pytest.CaptureFixtur
     assert main(["recommend", "--run", str(run), "--history", "unknown-item"]) == 0
 
     captured = capsys.readouterr()
-    assert "empty history: these are the most popular items" in captured.err
+    assert FALLBACK_NOTE in captured.err
     assert len(captured.out.splitlines()) == 10
 
 

@@ -51,6 +51,24 @@ def test_train_evaluate_recommend(
     assert not {"i1", "i2"} & {row["item"] for row in rec["items"]}
 
 
+def test_empty_history_falls_back_to_training_popularity(
+    tmp_path: Path, log_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    run = tmp_path / "run"
+    assert main(["train", "--model", "bert4rec", "--preset", "demo", "--data", str(log_path),
+                 "--output", str(run), *TINY_SETTINGS]) == 0
+    capsys.readouterr()
+    assert main(["recommend", "--run", str(run), "--history", "unknown", "-k", "3",
+                 "--json"]) == 0
+    answer = json.loads(capsys.readouterr().out)
+    counts = json.loads((run / "popularity.json").read_text())
+    _, info = load_model(run)
+    top = sorted(range(1, len(counts)), key=lambda i: (-counts[i], i))[:3]
+    assert [row["item"] for row in answer["items"]] == info.vocab.decode(top)
+    assert answer["skipped"] == ["unknown"]
+    assert "most popular" in answer["note"]
+
+
 def test_same_seed_same_run(tmp_path: Path, log_path: Path) -> None:
     for name in ("a", "b"):
         assert main(["train", "--model", "bert4rec", "--preset", "demo", "--data",

@@ -283,12 +283,17 @@ def cmd_recommend(args: argparse.Namespace) -> int:
     else:
         raw = _parse_history(args.history)
         history, skipped = info.vocab.encode(raw)
+    note = ""
+    if not len(history) and info.popularity is not None:
+        from bert4rec.baselines.pop import PopularityRecommender
+
+        model = PopularityRecommender(torch.from_numpy(info.popularity))
+        note = "no known item in the history: these are the most popular items in training"
     ids, scores = recommend(model, [history], k=args.k, exclude_seen=not args.include_seen)
     valid = ids[0] > 0
     items = info.vocab.decode(ids[0][valid])
     rows = [{"rank": r + 1, "item": item, "title": info.titles.get(item), "score": float(s)}
             for r, (item, s) in enumerate(zip(items, scores[0][valid], strict=True))]
-    note = "" if len(history) else "empty history: these are the most popular items"
     if args.json:
         print(json.dumps({"items": rows, "history_used": len(history), "skipped": skipped,
                           "note": note}))

@@ -5,6 +5,8 @@
 ``RUN_DIR/items.json``    the item vocabulary: original id of internal item ``i`` at ``[i - 1]``
 ``RUN_DIR/model.safetensors``  the weights (never a pickle)
 ``RUN_DIR/titles.json``   optional: item titles by original id, where the data gave them
+``RUN_DIR/popularity.json``  training interaction count of every item, for the fallback when a
+                          history is empty or holds no known item
 
 Every file is written to a temporary name and renamed into place; ``run.json`` goes last, so a
 directory without it is an unfinished run and is never loaded.
@@ -29,12 +31,14 @@ from safetensors.torch import load_file, save_file
 from bert4rec import __version__
 from bert4rec.data import Interactions, ItemVocab, PrepareOptions
 from bert4rec.errors import RunError
+from bert4rec.split import train_sequences
 
 FORMAT_VERSION = 1
 RUN_FILE = "run.json"
 VOCAB_FILE = "items.json"
 TITLES_FILE = "titles.json"
 WEIGHTS_FILE = "model.safetensors"
+POPULARITY_FILE = "popularity.json"
 
 
 @dataclass(frozen=True)
@@ -50,6 +54,7 @@ class RunInfo:
     metrics: dict[str, Any]
     vocab: ItemVocab
     titles: dict[Any, str] = field(default_factory=dict)  # original item id -> title
+    popularity: np.ndarray | None = None  # (num_items + 1,) training counts; index = internal id
 
     def check_data(self, data: Interactions) -> None:
         """Refuse data other than the data the run was trained on."""
@@ -135,6 +140,8 @@ def save_run(
     atomic_write(run_dir / WEIGHTS_FILE, lambda tmp: save_file(contiguous, tmp))
     vocab = [v.item() if isinstance(v, np.generic) else v for v in data.vocab.item_ids.tolist()]
     write_json(run_dir / VOCAB_FILE, vocab)
+    counts = np.bincount(train_sequences(data).items, minlength=data.num_items + 1)
+    write_json(run_dir / POPULARITY_FILE, counts.tolist())
     (run_dir / TITLES_FILE).unlink(missing_ok=True)  # never keep an older run's titles
     if titles:
         write_json(run_dir / TITLES_FILE, {str(k): v for k, v in titles.items()})
@@ -187,8 +194,19 @@ def read_run(run_dir: str | Path) -> tuple[RunInfo, dict[str, torch.Tensor]]:
         metrics=meta.get("metrics", {}),
         vocab=ItemVocab(np.asarray(vocab)),
         titles=_read_titles(run_dir, vocab),
+        popularity=_read_popularity(run_dir),
     )
     return info, tensors
+
+
+def _read_popularity(run_dir: Path) -> np.ndarray | None:
+    path = run_dir / POPULARITY_FILE
+    if not path.exists():
+        return None
+    try:
+        return np.asarray(json.loads(path.read_text(encoding="utf-8")), dtype=np.float32)
+    except (OSError, json.JSONDecodeError, ValueError) as exc:
+        raise RunError(f"{path} is damaged ({exc}); train the run again") from exc
 
 
 def _read_titles(run_dir: Path, vocab: list[Any]) -> dict[Any, str]:
