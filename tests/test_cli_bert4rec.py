@@ -99,3 +99,20 @@ def test_presets_listed(capsys: pytest.CaptureFixture[str]) -> None:
     for name in ("ml-1m-paper", "beauty-paper", "ml-20m-paper", "steam-paper", "ml-1m",
                  "beauty", "default", "demo"):
         assert name in out
+
+
+def test_python_api_fit_save_load(tmp_path: Path, log_path: Path) -> None:
+    import bert4rec
+
+    data = bert4rec.load_interactions(log_path)
+    model = bert4rec.fit(data, preset="demo", epochs=1, hidden_size=16, max_len=12,
+                         threads=1, progress=False, log=None)
+    bert4rec.save(model, tmp_path / "saved", data)
+    again, info = bert4rec.load_model(tmp_path / "saved")
+    history, skipped = info.vocab.encode(["i3", "i4", "unknown"])
+    assert skipped == ["unknown"]
+    ids_a, scores_a = bert4rec.recommend(model, [history], k=5)
+    ids_b, scores_b = bert4rec.recommend(again, [history], k=5)
+    assert (ids_a == ids_b).all() and (scores_a == scores_b).all()
+    result = bert4rec.evaluate(again, data, protocol="full", progress=False)
+    assert result.users == data.num_users

@@ -2,7 +2,7 @@
 
 __version__ = "0.1.0"
 
-from bert4rec.api import fit, train
+from bert4rec.api import fit, save, train
 from bert4rec.data import Interactions, ItemVocab, PrepareOptions, load_interactions
 from bert4rec.evaluation import EvaluationResult, compare, evaluate
 from bert4rec.recommender import Recommender, recommend
@@ -21,5 +21,6 @@ __all__ = [
     "load_interactions",
     "load_model",
     "recommend",
+    "save",
     "train",
 ]

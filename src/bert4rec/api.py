@@ -1,5 +1,5 @@
-"""The Python API in a few calls: ``fit`` a model, ``save`` it, and (from the package root)
-``load_model``, ``evaluate`` and ``recommend``.
+"""The Python API in a few calls: ``fit`` a model, ``save`` it, and ``load_model``,
+``evaluate`` and ``recommend``, all at the package root.
 
     import bert4rec
     data = bert4rec.load_interactions("ml-1m.txt")
@@ -65,6 +65,18 @@ def train(
                                    "device": str(trainer.device)})
         remove_checkpoint(run_dir)
     return result
+
+
+def save(
+    model: BERT4Rec,
+    output: str | Path,
+    data: Interactions,
+    options: PrepareOptions | None = None,
+    titles: dict[Any, str] | None = None,
+) -> None:
+    """Save a model trained on ``data`` as a run directory that ``load_model`` reads back."""
+    save_run(Path(output), model.name, model.config.to_dict(), model.tensors(), data,
+             options or PrepareOptions(), titles=titles)
 
 
 def fit(data: Interactions, preset: str = "default", output: str | Path | None = None,
