@@ -63,7 +63,9 @@ def git_state() -> dict[str, Any]:
         return subprocess.run(["git", *args], cwd=ROOT, capture_output=True, text=True,
                               check=True).stdout
 
-    changed = [line[3:] for line in git("status", "--porcelain").splitlines() if line]
+    # Result files are outputs, not code: rewriting them does not make a run dirty.
+    changed = [line[3:] for line in git("status", "--porcelain").splitlines()
+               if line and not line[3:].startswith("benchmarks/results/")]
     return {"commit": git("rev-parse", "HEAD").strip(), "dirty": bool(changed),
             "dirty_paths": changed}
 
