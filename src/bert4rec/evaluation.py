@@ -189,7 +189,7 @@ def rank_outcomes(
     greater = np.zeros(len(cases), dtype=np.int64)
     ties = np.zeros(len(cases), dtype=np.int64)
     bar = tqdm(total=len(cases), desc=f"evaluate ({protocol})", unit="user", delay=2.0,
-               disable=not progress, leave=False)
+               disable=None if progress else True, leave=False)
     for start in range(0, len(cases), batch_size):
         rows = slice(start, start + batch_size)
         histories = cases.histories(data.items, rows)

@@ -260,7 +260,8 @@ class Trainer:
             started = time.perf_counter()
             losses: list[float] = []
             bar = tqdm(self.epoch_batches(), desc=f"epoch {self.state.epoch + 1}/{self.epochs}",
-                       unit="batch", leave=False, disable=not self.progress, delay=1.0)
+                       unit="batch", leave=False, delay=1.0,
+                       disable=None if self.progress else True)  # None: off when not a TTY
             for batch in bar:
                 if self.state.step >= self.total_steps:
                     break
