@@ -1,10 +1,13 @@
-"""Seconds per training step (median of several) and the implied epoch time for presets.
+"""Seconds per training step (median) for presets or variants of one preset, interleaved.
 
-    python benchmarks/step_time.py --data ../shared/data/ml-1m/ml-1m.txt --presets ml-1m ml-1m-small
+    python benchmarks/step_time.py --data ../shared/data/ml-1m/ml-1m.txt --preset ml-1m-small \
+        --variant fp32: --variant no-attn-dropout:attention_dropout=0 \
+        --variant bf16:precision="bf16"
 
-Full batches of the longest windows are timed, the worst case of an epoch; the epoch estimate
-multiplies by the number of steps per epoch, so it is an upper bound when batches are bucketed
-by length.
+Each variant is ``label:key=value,key=value`` applied to the preset. Steps of all variants are
+interleaved, round after round, so that a noisy shared machine slows them alike and their
+ratios hold. A full batch of the longest windows is timed, the worst case of an epoch; the
+epoch estimate multiplies by the steps per epoch, an upper bound when batches are bucketed.
 """
 
 from __future__ import annotations
@@ -14,48 +17,65 @@ import json
 import statistics
 import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
 
 from bert4rec.data import load_interactions
-from bert4rec.presets import load_preset
+from bert4rec.presets import load_preset, parse_assignment
 from bert4rec.training import Trainer
+
+
+def parse_variant(text: str) -> tuple[str, dict[str, Any]]:
+    label, _, settings = text.partition(":")
+    overrides = dict(parse_assignment(s) for s in settings.split(",") if s.strip())
+    return label, overrides
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--data", required=True)
-    parser.add_argument("--presets", nargs="+", required=True)
-    parser.add_argument("--steps", type=int, default=5)
+    parser.add_argument("--preset", required=True)
+    parser.add_argument("--variant", action="append", default=[],
+                        help="label:key=value,... (repeatable; default: the preset as is)")
+    parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--precision", default="fp32")
     parser.add_argument("--out", default=None)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     data = load_interactions(args.data)
-    rows = []
-    for name in args.presets:
-        preset = load_preset(name, {"precision": args.precision, "threads": args.threads})
+    variants = [parse_variant(v) for v in args.variant] or [(args.preset, {})]
+    setups = []
+    for label, overrides in variants:
+        preset = load_preset(args.preset, {**overrides, "threads": args.threads})
         trainer = Trainer(data, preset.model_config(data.num_items), preset.train,
                           progress=False)
         lengths = trainer.ends - trainer.starts
-        longest = np.argsort(-lengths, kind="stable")[: preset.train.batch_size]
-        trainer.train_step(longest)  # warm-up
-        times = []
-        for _ in range(args.steps):
+        batch = np.argsort(-lengths, kind="stable")[: preset.train.batch_size]
+        trainer.train_step(batch)  # warm-up
+        setups.append((label, overrides, trainer, batch))
+    times: dict[str, list[float]] = {label: [] for label, *_ in setups}
+    for _ in range(args.rounds):
+        for label, _, trainer, batch in setups:
             started = time.perf_counter()
-            trainer.train_step(longest)
-            times.append(time.perf_counter() - started)
-        step = statistics.median(times)
-        row = {"preset": name, "precision": args.precision, "threads": args.threads,
-               "windows": len(trainer.starts), "steps_per_epoch": trainer.steps_per_epoch,
-               "max_window": int(lengths.max()), "seconds_per_step": round(step, 4),
-               "epoch_seconds_upper_bound": round(step * trainer.steps_per_epoch, 1)}
+            trainer.train_step(batch)
+            times[label].append(time.perf_counter() - started)
+    base = statistics.median(times[setups[0][0]])
+    rows = []
+    for label, overrides, trainer, _ in setups:
+        step = statistics.median(times[label])
+        row = {"variant": label, "overrides": overrides, "seconds_per_step": round(step, 4),
+               "speedup_vs_first": round(base / step, 2),
+               "steps_per_epoch": trainer.steps_per_epoch,
+               "epoch_seconds_upper_bound": round(step * trainer.steps_per_epoch, 1),
+               "all_seconds": [round(t, 4) for t in times[label]]}
         rows.append(row)
         print(json.dumps(row), flush=True)
     if args.out:
-        Path(args.out).write_text(json.dumps({"data": args.data, "rows": rows}, indent=2) + "\n")
+        report = {"data": args.data, "preset": args.preset, "threads": args.threads,
+                  "rounds": args.rounds, "rows": rows}
+        Path(args.out).write_text(json.dumps(report, indent=2) + "\n")
 
 
 if __name__ == "__main__":
