@@ -116,3 +116,28 @@ def test_python_api_fit_save_load(tmp_path: Path, log_path: Path) -> None:
     assert (ids_a == ids_b).all() and (scores_a == scores_b).all()
     result = bert4rec.evaluate(again, data, protocol="full", progress=False)
     assert result.users == data.num_users
+
+
+@pytest.mark.parametrize("name", ["sasrec", "sasrec-ce", "gru4rec", "gru4rec+", "caser", "fpmc",
+                                  "bpr", "ncf"])
+def test_every_baseline_trains_saves_and_evaluates_through_the_cli(
+    name: str, tmp_path: Path, log_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    run = tmp_path / name
+    assert main(["train", "--model", name, "--data", str(log_path), "--output", str(run),
+                 "--epochs", "1", "--threads", "1", "--quiet", "--set", "batch_size=64"]) == 0
+    assert json.loads((run / "run.json").read_text())["model"] == name
+    assert main(["evaluate", "--run", str(run), "--data", str(log_path), "--json"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["model"] == name and out["users"] == 80
+
+
+def test_baselines_refuse_bert4rec_only_options(
+    tmp_path: Path, log_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(["train", "--model", "sasrec", "--data", str(log_path), "--output",
+                 str(tmp_path / "x"), "--preset", "ml-1m"]) == 2
+    assert "--preset and --precision are bert4rec's" in capsys.readouterr().err
+    assert main(["train", "--model", "sasrec", "--data", str(log_path), "--output",
+                 str(tmp_path / "x"), "--set", "nope=1"]) == 2
+    assert "unknown" in capsys.readouterr().err

@@ -17,6 +17,7 @@ import numpy as np
 import torch
 
 from bert4rec import __version__, datasets
+from bert4rec.baselines import TRAINABLE
 from bert4rec.data import FORMATS, Interactions, PrepareOptions, load_interactions
 from bert4rec.errors import Bert4RecError, DataError
 from bert4rec.evaluation import PROTOCOLS, TIE_RULES, evaluate
@@ -25,7 +26,7 @@ from bert4rec.runs import check_output, load_model, save_run
 from bert4rec.split import train_sequences
 from bert4rec.titles import find_titles
 
-MODELS = ("pop", "bert4rec")
+MODELS = ("pop", "bert4rec", *TRAINABLE)
 
 
 def _add_data_options(parser: argparse.ArgumentParser, defaults: bool = True) -> None:
@@ -76,17 +77,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--output", required=True, type=Path, help="run directory to write")
     p.add_argument("--overwrite", action="store_true", help="replace a finished run in --output")
     p.add_argument("--seed", type=int, default=0)
-    group = p.add_argument_group("bert4rec training")
-    group.add_argument("--preset", default="default",
-                       help="model and training settings: a shipped preset (bert4rec presets) "
-                       "or a .toml file (default: default)")
+    group = p.add_argument_group("training (every model but pop)")
+    group.add_argument("--preset", default=None,
+                       help="bert4rec's model and training settings: a shipped preset "
+                       "(bert4rec presets) or a .toml file (default: default)")
     group.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                       help="override one preset setting, e.g. --set hidden_size=128 (repeatable)")
+                       help="override one setting, e.g. --set hidden_size=128 (repeatable); "
+                       "baselines start from their papers' settings")
     group.add_argument("--epochs", type=int, default=None)
     group.add_argument("--time-budget", type=float, default=None, metavar="SECONDS",
                        help="stop training after this long, keeping the best weights")
     group.add_argument("--device", choices=("auto", "cpu", "cuda"), default=None)
-    group.add_argument("--precision", choices=("fp32", "bf16"), default=None)
+    group.add_argument("--precision", choices=("fp32", "bf16"), default=None,
+                       help="bert4rec only")
     group.add_argument("--threads", type=int, default=None, help="torch threads")
     group.add_argument("--quiet", action="store_true", help="no progress bars")
     _add_data_options(p, defaults=False)  # unset options come from a named data set or defaults
@@ -170,6 +173,11 @@ def cmd_train(args: argparse.Namespace) -> int:
     titles = find_titles(data.source, data.vocab)
     if args.model == "bert4rec":
         return _train_bert4rec(args, data, options, titles)
+    if args.preset is not None or args.precision is not None:
+        raise DataError("--preset and --precision are bert4rec's; set a baseline's settings "
+                        "with --set key=value")
+    if args.model in TRAINABLE:
+        return _train_baseline(args, data, options, titles)
     started = time.perf_counter()
     from bert4rec.baselines.pop import PopularityRecommender
 
@@ -185,23 +193,54 @@ def cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
-def _train_bert4rec(
-    args: argparse.Namespace, data: Interactions, options: PrepareOptions, titles: dict[Any, str]
-) -> int:
-    from bert4rec.api import train
+def _overrides(args: argparse.Namespace) -> dict[str, Any]:
     from bert4rec.presets import parse_assignment
-    from bert4rec.training import remove_checkpoint
 
     overrides = dict(parse_assignment(text) for text in args.set)
     for name in ("epochs", "time_budget", "device", "precision", "threads"):
         if getattr(args, name) is not None:
             overrides[name] = getattr(args, name)
     overrides["seed"] = args.seed
+    return overrides
+
+
+def _train_baseline(
+    args: argparse.Namespace, data: Interactions, options: PrepareOptions, titles: dict[Any, str]
+) -> int:
+    from dataclasses import asdict
+
+    from bert4rec.baselines import train_baseline
+
+    log = None if args.quiet else _say
+    model, result, fit = train_baseline(args.model, data, _overrides(args),
+                                        progress=not args.quiet, log=log)
+    metrics = {"valid_full": result.valid_metrics, "train_seconds": round(result.seconds, 2),
+               "epochs": result.epochs, "best_epoch": result.best_epoch,
+               "stopped": result.stopped, "history": result.history}
+    save_run(args.output, model.name, model.config(), model.tensors(), data, options,
+             metrics=metrics, seed=args.seed, titles=titles,
+             extra_provenance={"fit": asdict(fit), "threads": torch.get_num_threads()})
+    best = result.valid_metrics
+    _say(f"trained {model.name}: {result.epochs} epochs in {result.seconds:.0f}s "
+         f"({result.stopped}); best validation (full ranking) "
+         f"NDCG@10={best.get('NDCG@10', float('nan')):.4f} at epoch {result.best_epoch}")
+    _say(f"saved {args.output}")
+    return 0
+
+
+def _train_bert4rec(
+    args: argparse.Namespace, data: Interactions, options: PrepareOptions, titles: dict[Any, str]
+) -> int:
+    from bert4rec.api import train
+    from bert4rec.training import remove_checkpoint
+
+    overrides = _overrides(args)
+    preset = args.preset or "default"
     if args.overwrite:
         remove_checkpoint(args.output)
-    _say(f"training bert4rec, preset {args.preset}")
+    _say(f"training bert4rec, preset {preset}")
     try:
-        result = train(data, args.preset, args.output, options=options, titles=titles,
+        result = train(data, preset, args.output, options=options, titles=titles,
                        progress=not args.quiet, log=_say, **overrides)
     except KeyboardInterrupt:
         _say(f"interrupted; the last finished epoch is saved in {args.output}/checkpoint. "
@@ -226,7 +265,7 @@ def cmd_presets(args: argparse.Namespace) -> int:
 def cmd_evaluate(args: argparse.Namespace) -> int:
     model, info = load_model(args.run)
     if isinstance(model, torch.nn.Module):
-        from bert4rec.training import resolve_device
+        from bert4rec.device import resolve_device
 
         model.to(resolve_device(args.device))
     data = _load(args, _prepare_options(args, info.prepare))

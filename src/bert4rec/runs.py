@@ -224,12 +224,13 @@ def _read_titles(run_dir: Path, vocab: list[Any]) -> dict[Any, str]:
 def load_model(run_dir: str | Path) -> tuple[Any, RunInfo]:
     """Rebuild the recommender saved in ``run_dir`` (no training code, no data needed)."""
     info, tensors = read_run(run_dir)
-    if info.model == "pop":
-        from bert4rec.baselines.pop import PopularityRecommender
-
-        return PopularityRecommender.from_tensors(info.config, tensors), info
     if info.model == "bert4rec":
         from bert4rec.model import BERT4Rec
 
         return BERT4Rec.from_tensors(info.config, tensors), info
-    raise RunError(f"{info.path}: unknown model {info.model!r}; is this bert4rec too old?")
+    from bert4rec.baselines import load_baseline
+
+    model = load_baseline(info.model, info.config, tensors)
+    if model is None:
+        raise RunError(f"{info.path}: unknown model {info.model!r}; is this bert4rec too old?")
+    return model, info

@@ -29,6 +29,7 @@ from safetensors.torch import load_file, save_file
 from tqdm import tqdm
 
 from bert4rec.data import Interactions
+from bert4rec.device import resolve_device
 from bert4rec.errors import ConfigError, RunError
 from bert4rec.evaluation import evaluate
 from bert4rec.masking import cloze_mask, gather_windows, window_bounds
@@ -108,14 +109,6 @@ class TrainResult:
     model: BERT4Rec
     state: TrainState
     valid_metrics: dict[str, float]
-
-
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name == "cuda" and not torch.cuda.is_available():
-        raise ConfigError("device cuda requested but no CUDA GPU is available; use --device cpu")
-    return torch.device(name)
 
 
 def parameter_groups(model: torch.nn.Module, weight_decay: float) -> list[dict[str, Any]]:

@@ -1,0 +1,253 @@
+"""GRU4Rec (Hidasi et al., ICLR 2016) and GRU4Rec+ (Hidasi & Karatzoglou, CIKM 2018): a GRU
+reads a user's items in order and scores every item as the next one.
+
+Read top to bottom: config, the two losses, the model with the recommender contract, then
+``fit``.
+
+Two losses, chosen by ``GRU4RecConfig.loss``:
+
+* ``"ce"``, model name ``gru4rec``: full softmax cross-entropy over every item at every step.
+* ``"bpr-max"``, model name ``gru4rec+`` (the 2018 paper): each step's target is ranked against
+  sampled negatives only, the targets of the other sequences in the mini-batch at the same step
+  plus ``n_negatives`` extra items drawn in proportion to ``count ** sample_alpha``, with the
+  BPR-max loss and its score regularisation (section 3 of that paper).
+
+Training reads each user's training sequence in windows of ``max_len`` steps, the hidden state
+starting from zero in every window (the papers carry it through whole sessions instead).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, fields
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
+
+from bert4rec.baselines.common import FitConfig, FitResult, fit_loop
+from bert4rec.baselines.history import left_pad
+from bert4rec.baselines.next_item import next_item_batch, next_item_windows
+from bert4rec.data import Interactions
+from bert4rec.device import resolve_device
+from bert4rec.errors import ConfigError
+from bert4rec.split import train_sequences
+
+LOSSES = {"ce": "gru4rec", "bpr-max": "gru4rec+"}  # config.loss -> model name
+
+
+@dataclass(frozen=True)
+class GRU4RecConfig:
+    """Architecture, loss and sampling. Defaults follow the 2018 paper and its released code:
+    one layer of 100 units, 2048 extra negatives, sample_alpha 0.5, bpreg 1."""
+
+    num_items: int
+    loss: str = "ce"  # "ce" (GRU4Rec) or "bpr-max" (GRU4Rec+)
+    max_len: int = 200  # steps per training window; the last max_len items of a history
+    hidden_size: int = 100
+    num_layers: int = 1
+    embedding_size: int | None = None  # input item embedding; None: hidden_size
+    embedding_dropout: float = 0.0  # dropout_p_embed
+    dropout: float = 0.0  # dropout_p_hidden: on every GRU layer's output
+    n_negatives: int = 2048  # bpr-max: extra negatives per mini-batch, shared by all its steps
+    sample_alpha: float = 0.5  # bpr-max: extra negatives drawn in proportion to count ** alpha
+    bpreg: float = 1.0  # bpr-max: weight of the score regularisation
+
+    def __post_init__(self) -> None:
+        if self.loss not in LOSSES:
+            raise ConfigError(f"unknown GRU4Rec loss {self.loss!r}; choose ce or bpr-max")
+        if self.num_items < 1 or self.max_len < 1 or self.hidden_size < 1 or self.num_layers < 1:
+            raise ConfigError("num_items, max_len, hidden_size and num_layers must be >= 1")
+        if self.n_negatives < 0 or self.sample_alpha < 0 or self.bpreg < 0:
+            raise ConfigError("n_negatives, sample_alpha and bpreg must be >= 0")
+
+    @property
+    def name(self) -> str:
+        return LOSSES[self.loss]
+
+    @property
+    def input_size(self) -> int:
+        return self.embedding_size or self.hidden_size
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]) -> GRU4RecConfig:
+        unknown = set(values) - {f.name for f in fields(cls)}
+        if unknown:
+            raise ConfigError(f"unknown GRU4Rec setting(s): {', '.join(sorted(unknown))}")
+        return cls(**values)
+
+
+def bpr_max_loss(
+    positive: torch.Tensor, negatives: torch.Tensor, valid: torch.Tensor, bpreg: float
+) -> torch.Tensor:
+    """BPR-max with its score regularisation (Hidasi & Karatzoglou 2018, section 3.2), mean
+    over rows: ``-log sum_j s_j sigmoid(r_i - r_j) + bpreg * sum_j s_j r_j^2``, where ``r_i``
+    (N,) is the target's score, ``r_j`` (N, M) the negatives' and ``s_j`` their softmax over
+    the ``valid`` (N, M) ones. Rows without a valid negative are left out."""
+    keep = valid.any(dim=1)
+    positive, negatives, valid = positive[keep], negatives[keep], valid[keep]
+    log_weights = negatives.masked_fill(~valid, -torch.inf).log_softmax(dim=1)  # log s_j
+    # The sum in log space: it underflows when the target scores far below its negatives.
+    ranking = -torch.logsumexp(log_weights + F.logsigmoid(positive[:, None] - negatives), dim=1)
+    regularisation = (log_weights.exp() * negatives.square()).sum(dim=1)
+    return (ranking + bpreg * regularisation).mean()
+
+
+class GRU4Rec(nn.Module):
+    """Item embedding, a GRU, and an output layer of its own (item vectors and biases)."""
+
+    name = "gru4rec"  # full softmax; each instance takes its own loss's name (LOSSES)
+
+    def __init__(self, config: GRU4RecConfig) -> None:
+        super().__init__()
+        self.settings = config
+        self.name = config.name
+        # An embedding stands in for the first paper's one-hot input (the same product).
+        self.item_embedding = nn.Embedding(config.num_items + 1, config.input_size, padding_idx=0)
+        self.embedding_dropout = nn.Dropout(config.embedding_dropout)
+        self.gru = nn.GRU(config.input_size, config.hidden_size, config.num_layers,
+                          batch_first=True,
+                          dropout=config.dropout if config.num_layers > 1 else 0.0)
+        self.dropout = nn.Dropout(config.dropout)
+        # Output item vectors and biases; row 0 (padding) is never a target.
+        self.output_embedding = nn.Embedding(config.num_items + 1, config.hidden_size)
+        self.output_bias = nn.Parameter(torch.zeros(config.num_items + 1))
+        # Uniform in +-sqrt(6 / (rows + columns)), as the released code initialises its matrices.
+        for table in (self.item_embedding, self.output_embedding):
+            bound = math.sqrt(6.0 / sum(table.weight.shape))
+            nn.init.uniform_(table.weight, -bound, bound)
+        with torch.no_grad():
+            self.item_embedding.weight[0].zero_()
+
+    @property
+    def num_items(self) -> int:
+        return self.settings.num_items
+
+    @property
+    def device(self) -> torch.device:
+        return self.output_bias.device
+
+    def encode(self, tokens: torch.Tensor) -> torch.Tensor:
+        """GRU outputs (B, T, H) of left-padded tokens (B, T), zero at padding. The GRU starts
+        at each row's first item, so padding never reaches its state."""
+        b, t = tokens.shape
+        lengths = (tokens != 0).sum(dim=1)  # (B,)
+        pad = (t - lengths)[:, None]  # (B, 1)
+        steps = torch.arange(t, device=tokens.device)[None]  # (1, T)
+        # Shift every row left so that it starts at slot 0, as packing needs.
+        aligned = tokens.gather(1, (steps + pad) % t)  # (B, T), items first, then padding
+        x = self.embedding_dropout(self.item_embedding(aligned))  # (B, T, E)
+        # An empty history still takes one (padding) step: packing refuses length 0.
+        packed = pack_padded_sequence(x, lengths.clamp(min=1).cpu(), batch_first=True,
+                                      enforce_sorted=False)
+        out, _ = self.gru(packed)
+        out, _ = pad_packed_sequence(out, batch_first=True, total_length=t)  # (B, T, H)
+        # Shift back right: slot (s - pad) mod T holds step s; padding slots read the zeros
+        # that pad_packed_sequence put after each row's end.
+        back = ((steps - pad) % t)[..., None].expand(b, t, out.shape[2])  # (B, T, H)
+        return self.dropout(out.gather(1, back))
+
+    def logits(self, hidden: torch.Tensor) -> torch.Tensor:
+        """Scores (N, num_items + 1) of every item for outputs (N, H); column 0 is padding,
+        whatever its value."""
+        return hidden @ self.output_embedding.weight.T + self.output_bias
+
+    def loss(
+        self, inputs: torch.Tensor, targets: torch.Tensor, extra: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """Mean loss over the steps with a next item (``targets > 0``). ``inputs`` and
+        ``targets`` are (B, T); for ``bpr-max``, ``extra`` (K,) holds the sampled negatives."""
+        hidden = self.encode(inputs)  # (B, T, H)
+        where = targets > 0
+        if self.settings.loss == "ce":
+            logits = self.logits(hidden[where])[:, 1:]  # (N, n)
+            return F.cross_entropy(logits.float(), targets[where] - 1)
+        b = len(targets)
+        target_vectors = self.output_embedding(targets)  # (B, T, H)
+        target_bias = self.output_bias[targets]  # (B, T)
+        positive = (hidden * target_vectors).sum(dim=2) + target_bias  # (B, T)
+        # In-batch negatives, GRU4Rec's mini-batch of parallel sessions: at step t, row b is
+        # scored against the target of every other row c at the same step.
+        in_batch = torch.einsum("bth,cth->btc", hidden, target_vectors)  # (B, T, B)
+        in_batch = in_batch + target_bias.T[None]  # column c gets row c's bias at step t
+        other = ~torch.eye(b, dtype=torch.bool, device=targets.device)[:, None, :]  # (B, 1, B)
+        in_batch_valid = other & where.T[None]  # (B, T, B): another row's real target
+        negatives, valid = in_batch, in_batch_valid
+        if extra is not None and len(extra):
+            sampled = hidden @ self.output_embedding(extra).T + self.output_bias[extra]  # (B, T, K)
+            negatives = torch.cat([in_batch, sampled], dim=2)  # (B, T, B + K)
+            valid = torch.cat([in_batch_valid, torch.ones_like(sampled, dtype=torch.bool)], dim=2)
+        return bpr_max_loss(positive[where].float(), negatives[where].float(), valid[where],
+                            self.settings.bpreg)
+
+    # ------------------------------------------------------------------------------------------
+    # Inference: the recommender contract.
+
+    @torch.no_grad()
+    def score(self, histories: Sequence[np.ndarray]) -> torch.Tensor:
+        """Scores (B, num_items + 1) of the item after each history (its last ``max_len``
+        items), on the model's device; column 0 (padding) is -inf."""
+        was_training = self.training
+        self.eval()
+        tokens = left_pad(histories, self.settings.max_len).to(self.device)
+        scores = self.logits(self.encode(tokens)[:, -1]).float()  # (B, n + 1)
+        self.train(was_training)
+        scores[:, 0] = -torch.inf
+        return scores
+
+    # Run-directory round trip.
+    def config(self) -> dict[str, Any]:
+        return self.settings.to_dict()
+
+    def tensors(self) -> dict[str, torch.Tensor]:
+        return {k: v.detach().cpu() for k, v in self.state_dict().items()}
+
+    @classmethod
+    def from_tensors(cls, config: dict[str, Any], tensors: dict[str, torch.Tensor]) -> GRU4Rec:
+        model = cls(GRU4RecConfig.from_dict(config))
+        model.load_state_dict(tensors)
+        model.eval()
+        return model
+
+
+def fit(
+    data: Interactions,
+    config: GRU4RecConfig,
+    fit: FitConfig,
+    progress: bool = False,
+    log: Callable[[str], None] | None = None,
+) -> tuple[GRU4Rec, FitResult]:
+    """Train GRU4Rec with :func:`bert4rec.baselines.common.fit_loop` on every next item of every
+    user's training sequence, cut into windows of ``max_len`` steps."""
+    if config.num_items != data.num_items:
+        raise ConfigError(f"the model is set up for {config.num_items} items but the data has "
+                          f"{data.num_items}")
+    device = resolve_device(fit.device)
+    torch.manual_seed(fit.seed)  # the initial weights; fit_loop seeds training itself
+    model = GRU4Rec(config).to(device)
+    train = train_sequences(data)
+    users, starts, ends = next_item_windows(train.lengths, config.max_len, every=True)
+    starts, ends = train.offsets[users] + starts, train.offsets[users] + ends  # in train.items
+    # Training counts, never validation or test items; item 0 (padding) is never drawn.
+    counts = np.bincount(train.items, minlength=config.num_items + 1).astype(np.float64)
+    weights = torch.from_numpy(counts**config.sample_alpha)
+    weights[0] = 0.0
+    draw = config.loss == "bpr-max" and config.n_negatives > 0
+
+    def loss_fn(batch: np.ndarray, generator: torch.Generator) -> torch.Tensor:
+        inputs, targets = next_item_batch(train.items, starts[batch], ends[batch])  # (B, T)
+        extra = None
+        if draw:
+            extra = torch.multinomial(weights, config.n_negatives, replacement=True,
+                                      generator=generator).to(device)  # (K,)
+        return model.loss(inputs.to(device), targets.to(device), extra)
+
+    result = fit_loop(model, data, fit, len(starts), loss_fn, progress=progress, log=log)
+    return model, result
