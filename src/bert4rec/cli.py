@@ -7,8 +7,8 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
+import shlex
 import sys
-import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -18,12 +18,12 @@ import torch
 
 from bert4rec import __version__, datasets
 from bert4rec.baselines import TRAINABLE
+from bert4rec.benchmark import MODELS as BENCHMARK_MODELS
 from bert4rec.data import FORMATS, Interactions, PrepareOptions, load_interactions
 from bert4rec.errors import Bert4RecError, DataError
 from bert4rec.evaluation import PROTOCOLS, TIE_RULES, evaluate
 from bert4rec.recommender import recommend
-from bert4rec.runs import check_output, load_model, save_run
-from bert4rec.split import train_sequences
+from bert4rec.runs import check_output, load_model
 from bert4rec.titles import find_titles
 
 MODELS = ("pop", "bert4rec", *TRAINABLE)
@@ -144,6 +144,52 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("name", choices=datasets.NAMES)
     p.add_argument("--url", default=None, help="download from this mirror instead")
     p.set_defaults(func=cmd_download)
+
+    p = sub.add_parser("benchmark", help="measure models against each other")
+    bench = p.add_subparsers(dest="benchmark", required=True, metavar="BENCHMARK")
+    p = bench.add_parser("quality", help="train and evaluate several models on one data set and "
+                         "write the paper-style table (OUTPUT/quality.md, .json, .png)")
+    p.add_argument("--data", required=True, help="interaction log, or a data set name")
+    p.add_argument("--models", default=",".join(BENCHMARK_MODELS),
+                   help=f"comma-separated (default: all: {','.join(BENCHMARK_MODELS)})")
+    p.add_argument("--preset", default="default", help="bert4rec's preset (default: default)")
+    p.add_argument("--set", action="append", default=[], metavar="MODEL.KEY=VALUE",
+                   help="override one setting of one model, e.g. --set bert4rec.hidden_size=128 "
+                   "(repeatable)")
+    p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2],
+                   help="training seeds (default: 0 1 2); intervals and paired comparisons use "
+                   "the first")
+    p.add_argument("--time-budget", type=float, default=None, metavar="SECONDS",
+                   help="per training run, the same for every model")
+    p.add_argument("--epochs", type=int, default=None, help="per training run (default: each "
+                   "model's own)")
+    p.add_argument("--threads", type=int, default=None, help="torch threads")
+    p.add_argument("--device", choices=("auto", "cpu", "cuda"), default=None)
+    p.add_argument("--negatives", type=int, default=100,
+                   help="popularity-sampled negatives per user (default: 100, the paper's)")
+    p.add_argument("--output", required=True, type=Path,
+                   help="folder for quality.json, quality.md, quality.png and runs/MODEL-seedS "
+                   "(each rewritten)")
+    p.add_argument("--quiet", action="store_true",
+                   help="no progress bars or per-epoch lines; one line per model and seed stays")
+    _add_data_options(p, defaults=False)
+    p.set_defaults(func=cmd_benchmark_quality)
+
+    p = bench.add_parser("speed", help="training throughput, FLOP/s against this machine's "
+                         "matmul peak, memory, and optionally time to a validation target")
+    p.add_argument("--data", required=True, help="interaction log, or a data set name")
+    p.add_argument("--preset", default="ml-1m-cpu")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
+    p.add_argument("--epochs", type=int, default=1, help="epochs to time (default 1)")
+    p.add_argument("--target", type=float, default=None,
+                   help="also train with the preset until validation NDCG@10 (full ranking) "
+                   "reaches this, and report the wall clock")
+    p.add_argument("--threads", type=int, default=None)
+    p.add_argument("--device", choices=("auto", "cpu", "cuda"), default=None)
+    p.add_argument("--precision", choices=("fp32", "bf16"), default=None)
+    p.add_argument("--output", type=Path, default=None, help="write the report here (JSON)")
+    _add_data_options(p, defaults=False)
+    p.set_defaults(func=cmd_benchmark_speed)
     return parser
 
 
@@ -178,17 +224,13 @@ def cmd_train(args: argparse.Namespace) -> int:
                         "with --set key=value")
     if args.model in TRAINABLE:
         return _train_baseline(args, data, options, titles)
-    started = time.perf_counter()
-    from bert4rec.baselines.pop import PopularityRecommender
+    from bert4rec.baselines import fit_pop, save_baseline
 
-    model = PopularityRecommender.fit(train_sequences(data), data.num_items)
-    seconds = time.perf_counter() - started
-    valid = evaluate(model, data, split="valid", protocol="full", progress=True)
-    metrics = {"valid_full": valid.metrics, "train_seconds": round(seconds, 3)}
-    save_run(args.output, model.name, model.config(), model.tensors(), data, options,
-             metrics=metrics, seed=args.seed, titles=titles)
-    _say(f"trained {model.name} in {seconds:.1f}s; validation (full ranking) "
-         f"NDCG@10={valid.metrics['NDCG@10']:.4f} HR@10={valid.metrics['HR@10']:.4f}")
+    model, result = fit_pop(data, progress=not args.quiet)
+    save_baseline(args.output, model, result, data, options, seed=args.seed, titles=titles)
+    valid = result.valid_metrics
+    _say(f"trained {model.name} in {result.seconds:.1f}s; validation (full ranking) "
+         f"NDCG@10={valid['NDCG@10']:.4f} HR@10={valid['HR@10']:.4f}")
     _say(f"saved {args.output}")
     return 0
 
@@ -207,19 +249,13 @@ def _overrides(args: argparse.Namespace) -> dict[str, Any]:
 def _train_baseline(
     args: argparse.Namespace, data: Interactions, options: PrepareOptions, titles: dict[Any, str]
 ) -> int:
-    from dataclasses import asdict
-
-    from bert4rec.baselines import train_baseline
+    from bert4rec.baselines import save_baseline, train_baseline
 
     log = None if args.quiet else _say
     model, result, fit = train_baseline(args.model, data, _overrides(args),
                                         progress=not args.quiet, log=log)
-    metrics = {"valid_full": result.valid_metrics, "train_seconds": round(result.seconds, 2),
-               "epochs": result.epochs, "best_epoch": result.best_epoch,
-               "stopped": result.stopped, "history": result.history}
-    save_run(args.output, model.name, model.config(), model.tensors(), data, options,
-             metrics=metrics, seed=args.seed, titles=titles,
-             extra_provenance={"fit": asdict(fit), "threads": torch.get_num_threads()})
+    save_baseline(args.output, model, result, data, options, seed=args.seed, fit=fit,
+                  titles=titles)
     best = result.valid_metrics
     _say(f"trained {model.name}: {result.epochs} epochs in {result.seconds:.0f}s "
          f"({result.stopped}); best validation (full ranking) "
@@ -371,6 +407,85 @@ def cmd_download(args: argparse.Namespace) -> int:
          f"{options.min_item_count} interactions when given as --data {args.name}")
     print(path)
     return 0
+
+
+def cmd_benchmark_quality(args: argparse.Namespace) -> int:
+    from bert4rec.benchmark import parse_models, parse_settings, quality
+
+    models = parse_models(args.models)
+    overrides = parse_settings(args.set)  # bad input fails before the data is read
+    options = _prepare_options(args)
+    data = _load(args, options)
+    quality(data, args.output, models=models, preset=args.preset, overrides=overrides,
+            seeds=args.seeds, time_budget=args.time_budget, epochs=args.epochs,
+            threads=args.threads, device=args.device, negatives=args.negatives,
+            options=options, titles=find_titles(data.source, data.vocab),
+            command=_benchmark_command(args, models), progress=not args.quiet, log=_say)
+    return 0
+
+
+def cmd_benchmark_speed(args: argparse.Namespace) -> int:
+    from datetime import UTC, datetime
+
+    from bert4rec import speed
+    from bert4rec.benchmark import commit_info, machine_info
+    from bert4rec.device import resolve_device
+    from bert4rec.presets import load_preset, parse_assignment
+    from bert4rec.runs import write_json
+
+    overrides = dict(parse_assignment(text) for text in args.set)
+    for name in ("threads", "device", "precision"):
+        if getattr(args, name) is not None:
+            overrides[name] = getattr(args, name)
+    preset = load_preset(args.preset, overrides)
+    data = _load(args, _prepare_options(args))
+    if preset.train.threads:
+        torch.set_num_threads(preset.train.threads)
+    device = resolve_device(preset.train.device)
+    peaks = {"fp32": speed.measure_peak(device, torch.float32)}
+    if device.type == "cuda" or speed.cpu_supports_bf16():
+        peaks["bf16"] = speed.measure_peak(device, torch.bfloat16)
+    measured = speed.measure_epochs(data, preset, epochs=args.epochs)
+    peak = peaks.get(preset.train.precision, peaks["fp32"])
+    report: dict[str, Any] = {
+        "command": shlex.join(["bert4rec", *sys.argv[1:]]),
+        **commit_info(), "machine": machine_info(),
+        "date": datetime.now(UTC).isoformat(timespec="seconds"),
+        "data": data.describe(), "preset": preset.name, "overrides": overrides,
+        "device": str(device), "threads": torch.get_num_threads(),
+        "precision": preset.train.precision, "matmul_peak_flops": peaks,
+        "epoch": measured.to_dict(), "peak_share": measured.achieved_flops / peak,
+    }
+    _say(f"{measured.seconds_per_epoch:.1f} s/epoch, {measured.sequences_per_second:.0f} "
+         f"sequences/s, {measured.tokens_per_second:.0f} tokens/s, "
+         f"{measured.achieved_flops / 1e9:.1f} GFLOP/s = {100 * report['peak_share']:.1f} % of "
+         f"the {preset.train.precision} matmul peak ({peak / 1e9:.0f} GFLOP/s), peak memory "
+         f"{measured.peak_rss_mb:.0f} MB")
+    if args.target is not None:
+        report["time_to_quality"] = speed.time_to_quality(data, preset, args.target)
+        reached = report["time_to_quality"]["reached_seconds"]
+        _say(f"validation NDCG@10 >= {args.target}: "
+             + (f"after {reached:.0f} s" if reached is not None else "not reached"))
+    if args.output is not None:
+        write_json(args.output, report)
+    print(json.dumps({k: report[k] for k in ("epoch", "peak_share", "matmul_peak_flops")}))
+    return 0
+
+
+def _benchmark_command(args: argparse.Namespace, models: list[str]) -> str:
+    """The command with every benchmark option spelled out, defaults included, so that it
+    reruns the same benchmark even where a default changes."""
+    words = ["bert4rec", "benchmark", "quality", "--data", args.data, "--models",
+             ",".join(models), "--preset", args.preset]
+    for text in args.set:
+        words += ["--set", text]
+    words += ["--seeds", *map(str, args.seeds), "--negatives", str(args.negatives)]
+    for name in ("time_budget", "epochs", "threads", "device", "format", "min_user_count",
+                 "min_item_count", "min_rating", "user_col", "item_col", "time_col"):
+        if getattr(args, name) is not None:
+            words += [f"--{name.replace('_', '-')}", str(getattr(args, name))]
+    words += ["--output", str(args.output)]
+    return shlex.join(words)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

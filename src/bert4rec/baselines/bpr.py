@@ -17,14 +17,20 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, fields
-from typing import Any
+from dataclasses import dataclass
 
 import numpy as np
 import torch
 from torch import nn
 
-from bert4rec.baselines.common import FitConfig, FitResult, fit_loop
+from bert4rec.baselines.common import (
+    BaselineModel,
+    FitConfig,
+    FitResult,
+    Settings,
+    fit_loop,
+    start_fit,
+)
 from bert4rec.baselines.history import (
     bpr_loss,
     history_mean,
@@ -33,13 +39,14 @@ from bert4rec.baselines.history import (
     uniform_items,
 )
 from bert4rec.data import Interactions
-from bert4rec.device import resolve_device
 from bert4rec.errors import ConfigError
 
 
 @dataclass(frozen=True)
-class BPRConfig:
+class BPRConfig(Settings):
     """Architecture; the embedding size is 64 as for the other models, for comparability."""
+
+    label = "bpr"
 
     num_items: int
     embedding_size: int = 64
@@ -50,25 +57,16 @@ class BPRConfig:
         if self.num_items < 1 or self.embedding_size < 1 or self.max_history < 1:
             raise ConfigError("num_items, embedding_size and max_history must be >= 1")
 
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
 
-    @classmethod
-    def from_dict(cls, values: dict[str, Any]) -> BPRConfig:
-        unknown = set(values) - {f.name for f in fields(cls)}
-        if unknown:
-            raise ConfigError(f"unknown bpr setting(s): {', '.join(sorted(unknown))}")
-        return cls(**values)
-
-
-class BPR(nn.Module):
+class BPR(BaselineModel):
     """History-factored BPR-MF."""
 
     name = "bpr"
+    settings_class = BPRConfig
+    settings: BPRConfig
 
     def __init__(self, config: BPRConfig) -> None:
-        super().__init__()
-        self.settings = config
+        super().__init__(config)
         n, d = config.num_items, config.embedding_size
         # Row 0 is padding in both tables; history_mean masks it and no score reads it.
         self.history_embedding = nn.Embedding(n + 1, d, padding_idx=0)  # p_j
@@ -77,14 +75,6 @@ class BPR(nn.Module):
         for table in (self.history_embedding, self.item_embedding):
             nn.init.normal_(table.weight, std=config.init_std)
         nn.init.zeros_(self.item_bias.weight)
-
-    @property
-    def num_items(self) -> int:
-        return self.settings.num_items
-
-    @property
-    def device(self) -> torch.device:
-        return self.item_bias.weight.device
 
     def user(self, tokens: torch.Tensor) -> torch.Tensor:
         """User vectors (B, d) of left-padded histories (B, T)."""
@@ -104,20 +94,6 @@ class BPR(nn.Module):
         scores[:, 0] = -math.inf
         return scores
 
-    # Run-directory round trip.
-    def config(self) -> dict[str, Any]:
-        return self.settings.to_dict()
-
-    def tensors(self) -> dict[str, torch.Tensor]:
-        return {k: v.detach().cpu() for k, v in self.state_dict().items()}
-
-    @classmethod
-    def from_tensors(cls, config: dict[str, Any], tensors: dict[str, torch.Tensor]) -> BPR:
-        model = cls(BPRConfig.from_dict(config))
-        model.load_state_dict(tensors)
-        model.eval()
-        return model
-
 
 def fit(
     data: Interactions,
@@ -129,9 +105,7 @@ def fit(
     """Train on ``data``'s training sequences; the model comes back with its best validation
     weights, on the device ``fit.device`` chose."""
     examples = training_examples(data, config.num_items)
-    device = resolve_device(fit.device)
-    torch.manual_seed(fit.seed)  # the initial weights are reproducible too
-    model = BPR(config).to(device)
+    model, device = start_fit(data, config, fit, BPR)
 
     def loss_fn(rows: np.ndarray, generator: torch.Generator) -> torch.Tensor:
         tokens = examples.history(rows, config.max_history).to(device)  # (B, T)

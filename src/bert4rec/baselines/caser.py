@@ -19,15 +19,21 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, fields
-from typing import Any
+from dataclasses import dataclass
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from bert4rec.baselines.common import FitConfig, FitResult, fit_loop
+from bert4rec.baselines.common import (
+    BaselineModel,
+    FitConfig,
+    FitResult,
+    Settings,
+    fit_loop,
+    start_fit,
+)
 from bert4rec.baselines.history import (
     history_mean,
     left_pad,
@@ -35,14 +41,15 @@ from bert4rec.baselines.history import (
     uniform_items,
 )
 from bert4rec.data import Interactions
-from bert4rec.device import resolve_device
 from bert4rec.errors import ConfigError
 
 
 @dataclass(frozen=True)
-class CaserConfig:
+class CaserConfig(Settings):
     """Architecture. Defaults are the paper's (and its released code's), except the embedding
     size, 64 instead of 50 for comparability."""
+
+    label = "caser"
 
     num_items: int
     embedding_size: int = 64  # d
@@ -62,25 +69,16 @@ class CaserConfig:
         if not 0.0 <= self.dropout < 1.0:
             raise ConfigError("dropout must be in [0, 1)")
 
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
 
-    @classmethod
-    def from_dict(cls, values: dict[str, Any]) -> CaserConfig:
-        unknown = set(values) - {f.name for f in fields(cls)}
-        if unknown:
-            raise ConfigError(f"unknown caser setting(s): {', '.join(sorted(unknown))}")
-        return cls(**values)
-
-
-class Caser(nn.Module):
+class Caser(BaselineModel):
     """Convolutional sequence embedding with a history-mean user vector."""
 
     name = "caser"
+    settings_class = CaserConfig
+    settings: CaserConfig
 
     def __init__(self, config: CaserConfig) -> None:
-        super().__init__()
-        self.settings = config
+        super().__init__(config)
         n, d, window = config.num_items, config.embedding_size, config.window
         # Row 0 is padding; the window is left-padded with it and encode zeroes its rows.
         self.item_embedding = nn.Embedding(n + 1, d, padding_idx=0)  # Q, the window's rows
@@ -103,14 +101,6 @@ class Caser(nn.Module):
             nn.init.normal_(table.weight, std=1.0 / d)
         nn.init.normal_(self.output_embedding.weight, std=1.0 / (2 * d))
         nn.init.zeros_(self.output_bias.weight)
-
-    @property
-    def num_items(self) -> int:
-        return self.settings.num_items
-
-    @property
-    def device(self) -> torch.device:
-        return self.output_bias.weight.device
 
     def encode(self, window: torch.Tensor, history: torch.Tensor) -> torch.Tensor:
         """``[z ; P_u]`` (B, 2d) of the last-L window (B, L) and the longer history (B, T), both
@@ -145,20 +135,6 @@ class Caser(nn.Module):
         scores[:, 0] = -math.inf
         return scores
 
-    # Run-directory round trip.
-    def config(self) -> dict[str, Any]:
-        return self.settings.to_dict()
-
-    def tensors(self) -> dict[str, torch.Tensor]:
-        return {k: v.detach().cpu() for k, v in self.state_dict().items()}
-
-    @classmethod
-    def from_tensors(cls, config: dict[str, Any], tensors: dict[str, torch.Tensor]) -> Caser:
-        model = cls(CaserConfig.from_dict(config))
-        model.load_state_dict(tensors)
-        model.eval()
-        return model
-
 
 def full_window(tokens: torch.Tensor, window: int) -> torch.Tensor:
     """Left-padded (B, T <= L) ids widened to (B, L) with more left padding: the convolutions
@@ -186,9 +162,7 @@ def fit(
     """Train on ``data``'s training sequences; the model comes back with its best validation
     weights, on the device ``fit.device`` chose."""
     examples = training_examples(data, config.num_items)
-    device = resolve_device(fit.device)
-    torch.manual_seed(fit.seed)  # the initial weights are reproducible too
-    model = Caser(config).to(device)
+    model, device = start_fit(data, config, fit, Caser)
 
     def loss_fn(rows: np.ndarray, generator: torch.Generator) -> torch.Tensor:
         history = examples.history(rows, config.max_history).to(device)  # (B, T)

@@ -1,15 +1,21 @@
-"""The training loop the trainable baselines share: Adam, mini-batches over a model's own
-training examples, early stopping on validation NDCG@10 under full ranking, a time budget, and
-the best validation weights at the end. Each baseline defines its examples and its loss; the
-loop knows nothing about either.
+"""What the trainable baselines share.
+
+Plumbing: a base for their frozen config dataclasses (:class:`Settings`), a base for the models
+with the run-directory round trip (:class:`BaselineModel`), and the start of every ``fit``
+(:func:`start_fit`).
+
+The training loop (:func:`fit_loop`): Adam, mini-batches over a model's own training examples,
+early stopping on validation NDCG@10 under full ranking, a time budget, and the best validation
+weights at the end. Each baseline defines its examples and its loss; the loop knows nothing
+about either.
 """
 
 from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
-from typing import Any
+from dataclasses import asdict, dataclass, field, fields
+from typing import Any, ClassVar, Self, TypeVar
 
 import numpy as np
 import torch
@@ -17,7 +23,64 @@ from torch import nn
 from tqdm import tqdm
 
 from bert4rec.data import Interactions
+from bert4rec.device import resolve_device
+from bert4rec.errors import ConfigError
 from bert4rec.evaluation import evaluate
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Base of a baseline's architecture config: a frozen dataclass that goes to a plain dict
+    for the run directory and back, refusing keys it does not have."""
+
+    label: ClassVar[str]  # the model as error messages name it
+
+    num_items: int
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]) -> Self:
+        unknown = set(values) - {f.name for f in fields(cls)}
+        if unknown:
+            raise ConfigError(f"unknown {cls.label} setting(s): {', '.join(sorted(unknown))}")
+        return cls(**values)
+
+
+class BaselineModel(nn.Module):
+    """Base of the trainable baselines: ``num_items`` for the recommender contract, the device
+    the weights are on, and the run-directory round trip. A subclass names its config class in
+    ``settings_class`` and takes a config of that class."""
+
+    name: str
+    settings_class: ClassVar[type[Settings]]
+
+    def __init__(self, settings: Settings) -> None:
+        super().__init__()
+        self.settings = settings
+
+    @property
+    def num_items(self) -> int:
+        return self.settings.num_items
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.parameters()).device
+
+    # Run-directory round trip: the config as a plain dict, the weights as the state dict.
+    def config(self) -> dict[str, Any]:
+        return self.settings.to_dict()
+
+    def tensors(self) -> dict[str, torch.Tensor]:
+        return {k: v.detach().cpu() for k, v in self.state_dict().items()}
+
+    @classmethod
+    def from_tensors(cls, config: dict[str, Any], tensors: dict[str, torch.Tensor]) -> Self:
+        model = cls(cls.settings_class.from_dict(config))
+        model.load_state_dict(tensors)
+        model.eval()
+        return model
 
 
 @dataclass(frozen=True)
@@ -45,6 +108,29 @@ class FitResult:
     stopped: str = ""
     history: list[dict[str, Any]] = field(default_factory=list)
     valid_metrics: dict[str, float] = field(default_factory=dict)
+
+
+SettingsT = TypeVar("SettingsT", bound=Settings)
+ModelT = TypeVar("ModelT", bound=BaselineModel)
+
+
+def check_num_items(num_items: int, data: Interactions) -> None:
+    """Refuse a model of ``num_items`` items for ``data`` with another item vocabulary."""
+    if num_items != data.num_items:
+        raise ConfigError(f"the model is set up for {num_items} items but the data has "
+                          f"{data.num_items}; build its config with num_items={data.num_items}")
+
+
+def start_fit(
+    data: Interactions, config: SettingsT, fit: FitConfig, build: Callable[[SettingsT], ModelT]
+) -> tuple[ModelT, torch.device]:
+    """The start of every baseline's ``fit``: check ``config`` against ``data``, pick the device
+    ``fit.device`` asks for, and build the model there. Torch is seeded first so that the initial
+    weights are reproducible too; :func:`fit_loop` seeds training itself."""
+    check_num_items(config.num_items, data)
+    device = resolve_device(fit.device)
+    torch.manual_seed(fit.seed)
+    return build(config).to(device), device
 
 
 def fit_loop(

@@ -17,14 +17,20 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, fields
-from typing import Any
+from dataclasses import dataclass
 
 import numpy as np
 import torch
 from torch import nn
 
-from bert4rec.baselines.common import FitConfig, FitResult, fit_loop
+from bert4rec.baselines.common import (
+    BaselineModel,
+    FitConfig,
+    FitResult,
+    Settings,
+    fit_loop,
+    start_fit,
+)
 from bert4rec.baselines.history import (
     bpr_loss,
     history_mean,
@@ -33,14 +39,15 @@ from bert4rec.baselines.history import (
     uniform_items,
 )
 from bert4rec.data import Interactions
-from bert4rec.device import resolve_device
 from bert4rec.errors import ConfigError
 
 
 @dataclass(frozen=True)
-class FPMCConfig:
+class FPMCConfig(Settings):
     """Architecture; one embedding size for both factorisations (the paper's k_UI = k_IL), 64 for
     comparability."""
+
+    label = "fpmc"
 
     num_items: int
     embedding_size: int = 64
@@ -51,25 +58,16 @@ class FPMCConfig:
         if self.num_items < 1 or self.embedding_size < 1 or self.max_history < 1:
             raise ConfigError("num_items, embedding_size and max_history must be >= 1")
 
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
 
-    @classmethod
-    def from_dict(cls, values: dict[str, Any]) -> FPMCConfig:
-        unknown = set(values) - {f.name for f in fields(cls)}
-        if unknown:
-            raise ConfigError(f"unknown fpmc setting(s): {', '.join(sorted(unknown))}")
-        return cls(**values)
-
-
-class FPMC(nn.Module):
+class FPMC(BaselineModel):
     """History-factored MF plus a factorised item-to-item transition."""
 
     name = "fpmc"
+    settings_class = FPMCConfig
+    settings: FPMCConfig
 
     def __init__(self, config: FPMCConfig) -> None:
-        super().__init__()
-        self.settings = config
+        super().__init__(config)
         n, d = config.num_items, config.embedding_size
         # Row 0 is padding: an empty history has no last item and contributes zero.
         self.history_embedding = nn.Embedding(n + 1, d, padding_idx=0)  # for v_u^{U,I}
@@ -80,14 +78,6 @@ class FPMC(nn.Module):
         for table in (self.history_embedding, self.item_user, self.item_last, self.last_item):
             nn.init.normal_(table.weight, std=config.init_std)
         nn.init.zeros_(self.item_bias.weight)
-
-    @property
-    def num_items(self) -> int:
-        return self.settings.num_items
-
-    @property
-    def device(self) -> torch.device:
-        return self.item_bias.weight.device
 
     def context(self, tokens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """User vectors (B, d) and last-item vectors (B, d) of left-padded histories (B, T)."""
@@ -113,20 +103,6 @@ class FPMC(nn.Module):
         scores[:, 0] = -math.inf
         return scores
 
-    # Run-directory round trip.
-    def config(self) -> dict[str, Any]:
-        return self.settings.to_dict()
-
-    def tensors(self) -> dict[str, torch.Tensor]:
-        return {k: v.detach().cpu() for k, v in self.state_dict().items()}
-
-    @classmethod
-    def from_tensors(cls, config: dict[str, Any], tensors: dict[str, torch.Tensor]) -> FPMC:
-        model = cls(FPMCConfig.from_dict(config))
-        model.load_state_dict(tensors)
-        model.eval()
-        return model
-
 
 def fit(
     data: Interactions,
@@ -138,9 +114,7 @@ def fit(
     """Train on ``data``'s training sequences; the model comes back with its best validation
     weights, on the device ``fit.device`` chose."""
     examples = training_examples(data, config.num_items)
-    device = resolve_device(fit.device)
-    torch.manual_seed(fit.seed)  # the initial weights are reproducible too
-    model = FPMC(config).to(device)
+    model, device = start_fit(data, config, fit, FPMC)
 
     def loss_fn(rows: np.ndarray, generator: torch.Generator) -> torch.Tensor:
         tokens = examples.history(rows, config.max_history).to(device)  # (B, T)

@@ -20,8 +20,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, fields
-from typing import Any
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -29,11 +28,17 @@ import torch.nn.functional as F
 from torch import nn
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
-from bert4rec.baselines.common import FitConfig, FitResult, fit_loop
+from bert4rec.baselines.common import (
+    BaselineModel,
+    FitConfig,
+    FitResult,
+    Settings,
+    fit_loop,
+    start_fit,
+)
 from bert4rec.baselines.history import left_pad
 from bert4rec.baselines.next_item import next_item_batch, next_item_windows
 from bert4rec.data import Interactions
-from bert4rec.device import resolve_device
 from bert4rec.errors import ConfigError
 from bert4rec.split import train_sequences
 
@@ -41,9 +46,11 @@ LOSSES = {"ce": "gru4rec", "bpr-max": "gru4rec+"}  # config.loss -> model name
 
 
 @dataclass(frozen=True)
-class GRU4RecConfig:
+class GRU4RecConfig(Settings):
     """Architecture, loss and sampling. Defaults follow the 2018 paper and its released code:
     one layer of 100 units, 2048 extra negatives, sample_alpha 0.5, bpreg 1."""
+
+    label = "GRU4Rec"
 
     num_items: int
     loss: str = "ce"  # "ce" (GRU4Rec) or "bpr-max" (GRU4Rec+)
@@ -73,16 +80,6 @@ class GRU4RecConfig:
     def input_size(self) -> int:
         return self.embedding_size or self.hidden_size
 
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, values: dict[str, Any]) -> GRU4RecConfig:
-        unknown = set(values) - {f.name for f in fields(cls)}
-        if unknown:
-            raise ConfigError(f"unknown GRU4Rec setting(s): {', '.join(sorted(unknown))}")
-        return cls(**values)
-
 
 def bpr_max_loss(
     positive: torch.Tensor, negatives: torch.Tensor, valid: torch.Tensor, bpreg: float
@@ -100,14 +97,15 @@ def bpr_max_loss(
     return (ranking + bpreg * regularisation).mean()
 
 
-class GRU4Rec(nn.Module):
+class GRU4Rec(BaselineModel):
     """Item embedding, a GRU, and an output layer of its own (item vectors and biases)."""
 
     name = "gru4rec"  # full softmax; each instance takes its own loss's name (LOSSES)
+    settings_class = GRU4RecConfig
+    settings: GRU4RecConfig
 
     def __init__(self, config: GRU4RecConfig) -> None:
-        super().__init__()
-        self.settings = config
+        super().__init__(config)
         self.name = config.name
         # An embedding stands in for the first paper's one-hot input (the same product).
         self.item_embedding = nn.Embedding(config.num_items + 1, config.input_size, padding_idx=0)
@@ -125,14 +123,6 @@ class GRU4Rec(nn.Module):
             nn.init.uniform_(table.weight, -bound, bound)
         with torch.no_grad():
             self.item_embedding.weight[0].zero_()
-
-    @property
-    def num_items(self) -> int:
-        return self.settings.num_items
-
-    @property
-    def device(self) -> torch.device:
-        return self.output_bias.device
 
     def encode(self, tokens: torch.Tensor) -> torch.Tensor:
         """GRU outputs (B, T, H) of left-padded tokens (B, T), zero at padding. The GRU starts
@@ -202,20 +192,6 @@ class GRU4Rec(nn.Module):
         scores[:, 0] = -torch.inf
         return scores
 
-    # Run-directory round trip.
-    def config(self) -> dict[str, Any]:
-        return self.settings.to_dict()
-
-    def tensors(self) -> dict[str, torch.Tensor]:
-        return {k: v.detach().cpu() for k, v in self.state_dict().items()}
-
-    @classmethod
-    def from_tensors(cls, config: dict[str, Any], tensors: dict[str, torch.Tensor]) -> GRU4Rec:
-        model = cls(GRU4RecConfig.from_dict(config))
-        model.load_state_dict(tensors)
-        model.eval()
-        return model
-
 
 def fit(
     data: Interactions,
@@ -226,12 +202,7 @@ def fit(
 ) -> tuple[GRU4Rec, FitResult]:
     """Train GRU4Rec with :func:`bert4rec.baselines.common.fit_loop` on every next item of every
     user's training sequence, cut into windows of ``max_len`` steps."""
-    if config.num_items != data.num_items:
-        raise ConfigError(f"the model is set up for {config.num_items} items but the data has "
-                          f"{data.num_items}")
-    device = resolve_device(fit.device)
-    torch.manual_seed(fit.seed)  # the initial weights; fit_loop seeds training itself
-    model = GRU4Rec(config).to(device)
+    model, device = start_fit(data, config, fit, GRU4Rec)
     train = train_sequences(data)
     users, starts, ends = next_item_windows(train.lengths, config.max_len, every=True)
     starts, ends = train.offsets[users] + starts, train.offsets[users] + ends  # in train.items

@@ -21,6 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from bert4rec.baselines.common import check_num_items
 from bert4rec.data import Interactions
 from bert4rec.errors import ConfigError
 from bert4rec.masking import gather_windows
@@ -72,9 +73,7 @@ def next_item_examples(train: TrainSequences) -> NextItemExamples:
 
 def training_examples(data: Interactions, num_items: int) -> NextItemExamples:
     """The examples of ``data``'s training sequences, for a model of ``num_items`` items."""
-    if num_items != data.num_items:
-        raise ConfigError(f"the model is set up for {num_items} items but the data has "
-                          f"{data.num_items}; build its config with num_items={data.num_items}")
+    check_num_items(num_items, data)
     examples = next_item_examples(train_sequences(data))
     if not len(examples):
         raise ConfigError("no training examples: every training sequence has fewer than 2 items")

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, fields
+from dataclasses import dataclass
 from itertools import pairwise
 from typing import Any
 
@@ -27,7 +27,14 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from bert4rec.baselines.common import FitConfig, FitResult, fit_loop
+from bert4rec.baselines.common import (
+    BaselineModel,
+    FitConfig,
+    FitResult,
+    Settings,
+    fit_loop,
+    start_fit,
+)
 from bert4rec.baselines.history import (
     history_mean,
     left_pad,
@@ -35,7 +42,6 @@ from bert4rec.baselines.history import (
     uniform_items,
 )
 from bert4rec.data import Interactions
-from bert4rec.device import resolve_device
 from bert4rec.errors import ConfigError
 
 # Full ranking evaluates the MLP on every (history, item) pair: score items in chunks so that a
@@ -44,9 +50,11 @@ _SCORE_CHUNK_ELEMENTS = 1 << 24
 
 
 @dataclass(frozen=True)
-class NCFConfig:
+class NCFConfig(Settings):
     """Architecture. Embedding sizes are 64 for comparability; the paper's released default
     tower [64, 32, 16, 8] (concatenation, then three layers) is doubled to match."""
+
+    label = "ncf"
 
     num_items: int
     embedding_size: int = 64  # GMF factors
@@ -63,28 +71,23 @@ class NCFConfig:
         if not self.mlp_layers or min(self.mlp_layers) < 1:
             raise ConfigError("mlp_layers needs at least one layer, each of size >= 1")
 
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
     @classmethod
     def from_dict(cls, values: dict[str, Any]) -> NCFConfig:
-        unknown = set(values) - {f.name for f in fields(cls)}
-        if unknown:
-            raise ConfigError(f"unknown ncf setting(s): {', '.join(sorted(unknown))}")
         values = dict(values)
         if "mlp_layers" in values:  # JSON and TOML give a list
             values["mlp_layers"] = tuple(values["mlp_layers"])
-        return cls(**values)
+        return super().from_dict(values)
 
 
-class NCF(nn.Module):
+class NCF(BaselineModel):
     """History-factored NeuMF."""
 
     name = "ncf"
+    settings_class = NCFConfig
+    settings: NCFConfig
 
     def __init__(self, config: NCFConfig) -> None:
-        super().__init__()
-        self.settings = config
+        super().__init__(config)
         n, d, m = config.num_items, config.embedding_size, config.mlp_embedding_size
         # GMF branch: p (history items) and q (target items).
         self.gmf_history = nn.Embedding(n + 1, d, padding_idx=0)
@@ -105,14 +108,6 @@ class NCF(nn.Module):
             nn.init.xavier_uniform_(layer.weight)
             if layer.bias is not None:
                 nn.init.zeros_(layer.bias)
-
-    @property
-    def num_items(self) -> int:
-        return self.settings.num_items
-
-    @property
-    def device(self) -> torch.device:
-        return self.output.weight.device
 
     def user(self, tokens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """GMF user vectors (B, d) and the user half of the first MLP layer (B, hidden) of
@@ -144,20 +139,6 @@ class NCF(nn.Module):
         pad = torch.full((len(histories), 1), -math.inf, device=self.device)
         return torch.cat([pad, *parts], dim=1)
 
-    # Run-directory round trip.
-    def config(self) -> dict[str, Any]:
-        return self.settings.to_dict()
-
-    def tensors(self) -> dict[str, torch.Tensor]:
-        return {k: v.detach().cpu() for k, v in self.state_dict().items()}
-
-    @classmethod
-    def from_tensors(cls, config: dict[str, Any], tensors: dict[str, torch.Tensor]) -> NCF:
-        model = cls(NCFConfig.from_dict(config))
-        model.load_state_dict(tensors)
-        model.eval()
-        return model
-
 
 def pointwise_loss(positive: torch.Tensor, negative: torch.Tensor) -> torch.Tensor:
     """The pointwise log loss averaged over every instance: label 1 for the (B, 1) positive logits,
@@ -178,9 +159,7 @@ def fit(
     """Train on ``data``'s training sequences; the model comes back with its best validation
     weights, on the device ``fit.device`` chose."""
     examples = training_examples(data, config.num_items)
-    device = resolve_device(fit.device)
-    torch.manual_seed(fit.seed)  # the initial weights are reproducible too
-    model = NCF(config).to(device)
+    model, device = start_fit(data, config, fit, NCF)
 
     def loss_fn(rows: np.ndarray, generator: torch.Generator) -> torch.Tensor:
         tokens = examples.history(rows, config.max_history).to(device)  # (B, T)

@@ -20,19 +20,24 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, fields
-from typing import Any
+from dataclasses import dataclass
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from bert4rec.baselines.common import FitConfig, FitResult, fit_loop
+from bert4rec.baselines.common import (
+    BaselineModel,
+    FitConfig,
+    FitResult,
+    Settings,
+    fit_loop,
+    start_fit,
+)
 from bert4rec.baselines.history import left_pad
 from bert4rec.baselines.next_item import next_item_batch, next_item_windows
 from bert4rec.data import Interactions
-from bert4rec.device import resolve_device
 from bert4rec.errors import ConfigError
 from bert4rec.split import train_sequences
 
@@ -43,9 +48,11 @@ PAPER_FIT = FitConfig(lr=1e-3, batch_size=128)
 
 
 @dataclass(frozen=True)
-class SASRecConfig:
+class SASRecConfig(Settings):
     """Architecture and loss. Defaults are the paper's ML-1m settings (section IV-B), except
     d = 64 rather than 50, the hidden size BERT4Rec uses."""
+
+    label = "SASRec"
 
     num_items: int
     loss: str = "bce"  # "bce" (published) or "ce" (full softmax)
@@ -69,16 +76,6 @@ class SASRecConfig:
     @property
     def name(self) -> str:
         return LOSSES[self.loss]
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, values: dict[str, Any]) -> SASRecConfig:
-        unknown = set(values) - {f.name for f in fields(cls)}
-        if unknown:
-            raise ConfigError(f"unknown SASRec setting(s): {', '.join(sorted(unknown))}")
-        return cls(**values)
 
 
 class CausalBlock(nn.Module):
@@ -129,15 +126,16 @@ def unseen_negatives(
     return torch.multinomial(allowed, count, replacement=True, generator=generator)
 
 
-class SASRec(nn.Module):
+class SASRec(BaselineModel):
     """Item and position embeddings, causal blocks, and a final LayerNorm; an item's score is
     the dot product of the last position's output with its (shared) input embedding."""
 
     name = "sasrec"  # the published loss; each instance takes its own loss's name (LOSSES)
+    settings_class = SASRecConfig
+    settings: SASRecConfig
 
     def __init__(self, config: SASRecConfig) -> None:
-        super().__init__()
-        self.settings = config
+        super().__init__(config)
         self.name = config.name
         d = config.hidden_size
         self.item_embedding = nn.Embedding(config.num_items + 1, d, padding_idx=0)  # row 0: pad
@@ -157,14 +155,6 @@ class SASRec(nn.Module):
             if isinstance(module, nn.Embedding) and module.padding_idx is not None:
                 with torch.no_grad():
                     module.weight[module.padding_idx].zero_()
-
-    @property
-    def num_items(self) -> int:
-        return self.settings.num_items
-
-    @property
-    def device(self) -> torch.device:
-        return self.item_embedding.weight.device
 
     def encode(self, tokens: torch.Tensor) -> torch.Tensor:
         """Hidden states (B, T, d) of left-padded tokens (B, T), T <= max_len. The output at
@@ -221,20 +211,6 @@ class SASRec(nn.Module):
         scores[:, 0] = -torch.inf
         return scores
 
-    # Run-directory round trip.
-    def config(self) -> dict[str, Any]:
-        return self.settings.to_dict()
-
-    def tensors(self) -> dict[str, torch.Tensor]:
-        return {k: v.detach().cpu() for k, v in self.state_dict().items()}
-
-    @classmethod
-    def from_tensors(cls, config: dict[str, Any], tensors: dict[str, torch.Tensor]) -> SASRec:
-        model = cls(SASRecConfig.from_dict(config))
-        model.load_state_dict(tensors)
-        model.eval()
-        return model
-
 
 def fit(
     data: Interactions,
@@ -246,12 +222,7 @@ def fit(
     """Train SASRec with :func:`bert4rec.baselines.common.fit_loop`. One example per user: the
     most recent window of its training sequence, the next item as target at every position
     (the paper's training sequence, cut to the last ``max_len`` positions)."""
-    if config.num_items != data.num_items:
-        raise ConfigError(f"the model is set up for {config.num_items} items but the data has "
-                          f"{data.num_items}")
-    device = resolve_device(fit.device)
-    torch.manual_seed(fit.seed)  # the initial weights; fit_loop seeds training itself
-    model = SASRec(config).to(device)
+    model, device = start_fit(data, config, fit, SASRec)
     train = train_sequences(data)
     users, starts, ends = next_item_windows(train.lengths, config.max_len, every=False)
     starts, ends = train.offsets[users] + starts, train.offsets[users] + ends  # in train.items

@@ -1,0 +1,617 @@
+"""The paper's comparison (Sun et al. 2019, Table 2) rerun on one data set: train each chosen
+model for each seed under the same time budget, evaluate it on the test split under full
+ranking and the paper's popularity-sampled protocol, and write the table.
+
+``OUTPUT/quality.json``  everything, machine-readable: command, commit, machine, date, settings,
+                         per-seed metrics, means and spreads, confidence intervals, paired
+                         comparisons with BERT4Rec
+``OUTPUT/quality.md``    the paper-style tables, full ranking first
+``OUTPUT/quality.png``   full-ranking NDCG@10 against training time, one point per model
+``OUTPUT/runs/MODEL-seedS/``  each trained run (``bert4rec evaluate`` reads it), with its
+                         per-user test metrics in ``test-full.parquet`` and
+                         ``test-popularity.parquet``
+
+Fairness: every trainable model gets the same ``time_budget`` per training run, the same
+thread count and device. Negatives are drawn with seed 0 for every run, so all models rank
+their targets against the same candidates and the per-user results pair up.
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import asdict
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from bert4rec.data import Interactions, PrepareOptions
+from bert4rec.errors import ConfigError
+from bert4rec.evaluation import (
+    METRICS,
+    EvaluationResult,
+    Protocol,
+    bootstrap_ci,
+    compare,
+    evaluate,
+    item_popularity,
+    sample_negatives,
+)
+from bert4rec.runs import atomic_write, write_json
+from bert4rec.split import eval_cases
+
+# The paper's order: non-sequential baselines, then sequential ones, BERT4Rec last.
+MODELS = ("pop", "bpr", "ncf", "fpmc", "gru4rec", "gru4rec+", "caser", "sasrec", "sasrec-ce",
+          "bert4rec")
+LABELS = {"pop": "POP", "bpr": "BPR-MF", "ncf": "NCF", "fpmc": "FPMC", "gru4rec": "GRU4Rec",
+          "gru4rec+": "GRU4Rec+", "caser": "Caser", "sasrec": "SASRec", "sasrec-ce": "SASRec-CE",
+          "bert4rec": "BERT4Rec"}
+PROTOCOL_NAMES: tuple[Protocol, ...] = ("full", "popularity")  # full ranking first
+REFERENCE = "bert4rec"  # the model every other one is compared with
+CI_METRICS = ("NDCG@10", "HR@10")
+COMPARED_METRIC = "NDCG@10"
+NEGATIVE_SEED = 0
+CONFIDENCE = 0.95
+# Settings the benchmark itself gives every model alike; a per-model --set may not change them.
+SHARED = {"seed": "--seeds", "time_budget": "--time-budget", "threads": "--threads",
+          "device": "--device"}
+
+
+def _stderr(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
+
+
+# ----------------------------------------------------------------------------------------------
+# Options
+
+
+def parse_models(text: str) -> list[str]:
+    """``pop,bert4rec,...`` as a list; unknown or repeated names are errors."""
+    names = [name.strip() for name in text.split(",") if name.strip()]
+    if not names:
+        raise ConfigError(f"--models is empty; choose from {','.join(MODELS)}")
+    for name in names:
+        if name not in MODELS:
+            raise ConfigError(f"unknown model {name!r} in --models; choose from "
+                              f"{','.join(MODELS)}")
+    repeated = sorted({name for name in names if names.count(name) > 1})
+    if repeated:
+        raise ConfigError(f"--models names {', '.join(repeated)} more than once")
+    return names
+
+
+def parse_settings(assignments: Sequence[str]) -> dict[str, dict[str, Any]]:
+    """``MODEL.key=value`` assignments as ``{model: {key: value}}``; the value is read as TOML
+    (``0.2``, ``true``, ``"x"``), as ``bert4rec train --set`` reads it."""
+    from bert4rec.presets import parse_assignment
+
+    out: dict[str, dict[str, Any]] = {}
+    for text in assignments:
+        target, sep, value = text.partition("=")
+        model, dot, key = target.strip().partition(".")
+        if not sep or not dot or not model or not key.strip():
+            raise ConfigError(f"--set expects MODEL.key=value (e.g. bert4rec.hidden_size=64), "
+                              f"got {text!r}")
+        if model not in MODELS:
+            raise ConfigError(f"--set {text!r}: unknown model {model!r}; choose from "
+                              f"{','.join(MODELS)}")
+        name, parsed = parse_assignment(f"{key.strip()}={value}")
+        out.setdefault(model, {})[name] = parsed
+    return out
+
+
+def _check_settings(
+    models: Sequence[str], overrides: Mapping[str, Mapping[str, Any]], preset: str,
+    num_items: int, shared: dict[str, Any],
+) -> None:
+    """Refuse a bad setting before any training: a typo must not surface hours in."""
+    for model, values in overrides.items():
+        if model not in models:
+            raise ConfigError(f"--set {model}.…: {model} is not among --models "
+                              f"({','.join(models)})")
+        if model == "pop" and values:
+            raise ConfigError("pop has no settings to --set")
+        for key in values:
+            if key in SHARED:
+                raise ConfigError(f"--set {model}.{key}: {key} is the same for every model; "
+                                  f"use {SHARED[key]}")
+    for model in models:
+        values = {**shared, **overrides.get(model, {})}
+        try:
+            if model == "bert4rec":
+                from bert4rec.presets import load_preset
+
+                load_preset(preset, values).model_config(num_items)
+            elif model != "pop":
+                from bert4rec.baselines import baseline_config
+
+                baseline_config(model, num_items, values)
+        except (TypeError, ValueError) as exc:
+            raise ConfigError(f"{model}: invalid setting ({exc})") from exc
+        except ConfigError as exc:
+            raise ConfigError(f"{model}: {exc}") from exc
+
+
+# ----------------------------------------------------------------------------------------------
+# Where the numbers come from
+
+
+def machine_info() -> dict[str, Any]:
+    """CPU model, cores, GPU and library versions of this machine."""
+    cpu = platform.processor() or "unknown"
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as f:
+            cpu = next((line.split(":", 1)[1].strip() for line in f
+                        if line.startswith("model name")), cpu)
+    except OSError:
+        pass
+    gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else None
+    return {"cpu": cpu, "cores": os.cpu_count(), "gpu": gpu, "platform": platform.platform(),
+            "python": platform.python_version(), "numpy": np.__version__,
+            "torch": torch.__version__}
+
+
+def commit_info() -> dict[str, Any]:
+    """The commit of the code that runs (``git rev-parse HEAD`` where the package's source lies)
+    and whether tracked files differ from it. Without git history, ``$BERT4REC_COMMIT`` or
+    ``unknown``."""
+    where = Path(__file__).resolve().parent
+
+    def git(*args: str) -> str:
+        try:  # --no-optional-locks: reading the state must not write the index
+            return subprocess.run(["git", "--no-optional-locks", *args], cwd=where,
+                                  capture_output=True, text=True, check=False,
+                                  timeout=60).stdout
+        except (OSError, subprocess.SubprocessError):
+            return ""
+
+    commit = git("rev-parse", "HEAD").strip()
+    if len(commit) != 40:
+        return {"commit": os.environ.get("BERT4REC_COMMIT", "unknown"), "dirty": None,
+                "dirty_paths": []}
+    changed = [line[3:] for line in
+               git("status", "--porcelain", "--untracked-files=no").splitlines() if line]
+    return {"commit": commit, "dirty": bool(changed), "dirty_paths": changed}
+
+
+# ----------------------------------------------------------------------------------------------
+# One run: train, save, evaluate
+
+
+def _train(
+    model: str, data: Interactions, settings: dict[str, Any], preset: str, run_dir: Path,
+    options: PrepareOptions, titles: dict[Any, str] | None, progress: bool,
+    log: Callable[[str], None] | None,
+) -> tuple[Any, dict[str, Any]]:
+    """Train ``model`` into ``run_dir``; the recommender and its training record."""
+    seed = settings["seed"]
+    if model == "bert4rec":
+        from bert4rec.api import train
+        from bert4rec.training import remove_checkpoint
+
+        remove_checkpoint(run_dir)  # a fresh run: resuming would misstate the training time
+        result = train(data, preset, run_dir, options=options, titles=titles,
+                       progress=progress, log=log, **settings)
+        state = result.state
+        return result.model, {"train_seconds": state.elapsed, "epochs": state.epoch,
+                              "best_epoch": state.best_epoch, "stopped": state.stopped,
+                              "valid_full": result.valid_metrics}
+    from bert4rec.baselines import fit_pop, save_baseline, train_baseline
+
+    fit = None
+    if model == "pop":
+        recommender, fitted = fit_pop(data, progress=progress)
+    else:
+        recommender, fitted, fit = train_baseline(model, data, settings, progress=progress,
+                                                  log=log)
+    save_baseline(run_dir, recommender, fitted, data, options, seed=seed, fit=fit, titles=titles)
+    return recommender, {"train_seconds": fitted.seconds, "epochs": fitted.epochs,
+                         "best_epoch": fitted.best_epoch, "stopped": fitted.stopped,
+                         "valid_full": fitted.valid_metrics}
+
+
+def _write_per_user(result: EvaluationResult, path: Path) -> None:
+    atomic_write(path, lambda tmp: result.per_user.to_parquet(tmp, index=False))
+
+
+def _spread(values: Sequence[float]) -> dict[str, Any]:
+    return {"mean": statistics.fmean(values),
+            "std": statistics.stdev(values) if len(values) > 1 else 0.0,
+            "values": list(values)}
+
+
+# ----------------------------------------------------------------------------------------------
+# The benchmark
+
+
+def quality(
+    data: Interactions,
+    output: str | Path,
+    models: Sequence[str] = MODELS,
+    preset: str = "default",
+    overrides: Mapping[str, Mapping[str, Any]] | None = None,
+    seeds: Sequence[int] = (0, 1, 2),
+    time_budget: float | None = None,
+    epochs: int | None = None,
+    threads: int | None = None,
+    device: str | None = None,
+    negatives: int = 100,
+    options: PrepareOptions | None = None,
+    titles: dict[Any, str] | None = None,
+    command: str | None = None,
+    progress: bool = True,
+    log: Callable[[str], None] | None = _stderr,
+) -> dict[str, Any]:
+    """Train every model in ``models`` once per seed on ``data``, evaluate each on the test split
+    under full ranking and popularity-sampled ``negatives``, and write ``quality.json``,
+    ``quality.md``, ``quality.png`` and the runs under ``output``. Returns the JSON's content.
+
+    ``preset`` is BERT4Rec's; ``overrides`` maps a model name to settings of that model
+    (``{"bert4rec": {"hidden_size": 128}}``). ``time_budget``, ``epochs``, ``threads`` and
+    ``device`` apply to every trainable model alike (a per-model ``epochs`` wins). ``progress``
+    shows bars and per-epoch lines; ``log`` receives one line per model and seed.
+    """
+    output = Path(output)
+    models = list(models)
+    seeds = list(seeds)
+    per_model = {model: dict(values) for model, values in (overrides or {}).items()}
+    for name in models:
+        if name not in MODELS:
+            raise ConfigError(f"unknown model {name!r}; choose from {','.join(MODELS)}")
+    if not models or len(set(models)) != len(models):
+        raise ConfigError("give each model to train once, and at least one")
+    if not seeds or len(set(seeds)) != len(seeds):
+        raise ConfigError(f"--seeds: give at least one seed, each once (got {seeds})")
+    if negatives < 1:
+        raise ConfigError("--negatives must be at least 1")
+    if time_budget is not None and time_budget <= 0:
+        raise ConfigError("--time-budget must be positive")
+    if epochs is not None and epochs < 1:
+        raise ConfigError("--epochs must be at least 1")
+    if threads is not None and threads < 1:
+        raise ConfigError("--threads must be at least 1")
+    if output.exists() and not output.is_dir():
+        raise ConfigError(f"{output} exists and is not a directory")
+    shared = {key: value for key, value in (("time_budget", time_budget), ("epochs", epochs),
+                                            ("threads", threads), ("device", device))
+              if value is not None}
+    _check_settings(models, per_model, preset, data.num_items, {"seed": seeds[0], **shared})
+    # The negatives are the same for every run; drawing them once here checks that the
+    # catalogue is large enough before anything trains.
+    try:
+        sample_negatives(data, eval_cases(data, "test").users, negatives, item_popularity(data),
+                         seed=NEGATIVE_SEED)
+    except ConfigError as exc:
+        raise ConfigError(f"--negatives {negatives}: {exc}") from exc
+
+    started = datetime.now(UTC)
+    clock = time.perf_counter()
+    say = log or (lambda message: None)
+    previous_threads = torch.get_num_threads()
+    if threads is not None:
+        torch.set_num_threads(threads)  # evaluation and POP too, not only the training loops
+    total = len(models) * len(seeds)
+    budget = f", time budget {time_budget:g}s per run" if time_budget is not None else ""
+    say(f"benchmark: {len(models)} model(s) x {len(seeds)} seed(s) = {total} runs{budget}")
+    runs: dict[str, list[dict[str, Any]]] = {}
+    reference_results: dict[str, dict[str, EvaluationResult]] = {}  # model -> protocol -> result
+    try:
+        done = 0
+        for model in models:
+            runs[model] = []
+            for seed in seeds:
+                run_dir = output / "runs" / f"{model}-seed{seed}"
+                settings = {"seed": seed, **shared, **per_model.get(model, {})}
+                wall = time.perf_counter()
+                recommender, record = _train(model, data, settings, preset, run_dir,
+                                             options or PrepareOptions(), titles, progress,
+                                             log if progress else None)
+                record = {"seed": seed, "run": str(run_dir),
+                          "wall_seconds": time.perf_counter() - wall, **record}
+                for protocol in PROTOCOL_NAMES:
+                    result = evaluate(recommender, data, split="test", protocol=protocol,
+                                      num_negatives=negatives, seed=NEGATIVE_SEED,
+                                      progress=progress)
+                    per_user = run_dir / f"test-{protocol}.parquet"
+                    _write_per_user(result, per_user)
+                    record[protocol] = {"metrics": result.metrics, "per_user": str(per_user)}
+                    if seed == seeds[0]:
+                        reference_results.setdefault(model, {})[protocol] = result
+                runs[model].append(record)
+                done += 1
+                say(_progress_line(done, total, model, record))
+                del recommender
+    finally:
+        torch.set_num_threads(previous_threads)
+
+    report: dict[str, Any] = {
+        "command": command or _python_call(data, models, preset, per_model, seeds, shared,
+                                           negatives, output),
+        **commit_info(),
+        "machine": {**machine_info(), "threads": threads or previous_threads},
+        "date": started.isoformat(timespec="seconds"),
+        "duration_seconds": time.perf_counter() - clock,
+        "data": data.describe(),
+        "synthetic": data.synthetic,
+        "settings": {
+            "models": models, "seeds": seeds, "reference_seed": seeds[0],
+            "preset": preset if "bert4rec" in models else None, "overrides": per_model,
+            "time_budget": time_budget, "epochs": epochs, "threads": threads,
+            "device": device, "split": "test", "protocols": list(PROTOCOL_NAMES),
+            "negatives": negatives, "negative_seed": NEGATIVE_SEED, "tie_rule": "expected",
+            "confidence": CONFIDENCE,
+        },
+        "results": {model: _summarise(model, runs[model], reference_results)
+                    for model in models},
+    }
+    output.mkdir(parents=True, exist_ok=True)
+    write_json(output / "quality.json", report)
+    markdown = render_markdown(report)
+
+    def write_markdown(tmp: str) -> None:
+        Path(tmp).write_text(markdown, encoding="utf-8")
+
+    atomic_write(output / "quality.md", write_markdown)
+    plot(report, output / "quality.png")
+    say(f"wrote {output / 'quality.md'}, {output / 'quality.json'}, {output / 'quality.png'}")
+    return report
+
+
+def _progress_line(done: int, total: int, model: str, record: dict[str, Any]) -> str:
+    full, sampled = record["full"]["metrics"], record["popularity"]["metrics"]
+    return (f"benchmark [{done}/{total}] {model} seed {record['seed']}: trained in "
+            f"{record['train_seconds']:.1f}s ({record['epochs']} epochs, "
+            f"{record['stopped'] or 'done'}); test full NDCG@10 {full['NDCG@10']:.4f} "
+            f"HR@10 {full['HR@10']:.4f}, popularity NDCG@10 {sampled['NDCG@10']:.4f} "
+            f"HR@10 {sampled['HR@10']:.4f}")
+
+
+def _python_call(
+    data: Interactions, models: list[str], preset: str, overrides: dict[str, dict[str, Any]],
+    seeds: list[int], shared: dict[str, Any], negatives: int, output: Path,
+) -> str:
+    arguments = [repr(data.source), f"{str(output)!r}", f"models={models!r}",
+                 f"preset={preset!r}", f"overrides={overrides!r}", f"seeds={seeds!r}",
+                 *(f"{key}={value!r}" for key, value in shared.items()),
+                 f"negatives={negatives}"]
+    return f"bert4rec.benchmark.quality({', '.join(arguments)})"
+
+
+def _summarise(
+    model: str, runs: list[dict[str, Any]],
+    reference_results: dict[str, dict[str, EvaluationResult]],
+) -> dict[str, Any]:
+    """Means and spreads over seeds, intervals over users and the paired comparison with
+    BERT4Rec, both on the first seed's run."""
+    out: dict[str, Any] = {"label": LABELS[model], "runs": runs}
+    for protocol in PROTOCOL_NAMES:
+        out[protocol] = {metric: _spread([r[protocol]["metrics"][metric] for r in runs])
+                         for metric in METRICS}
+    out["train_seconds"] = _spread([r["train_seconds"] for r in runs])
+    ours = reference_results[model]
+    out["ci"] = {protocol: {metric: list(bootstrap_ci(ours[protocol].per_user[metric].to_numpy(),
+                                                      CONFIDENCE))
+                            for metric in CI_METRICS}
+                 for protocol in PROTOCOL_NAMES}
+    if model != REFERENCE and REFERENCE in reference_results:
+        out["vs_bert4rec"] = {}
+        for protocol in PROTOCOL_NAMES:
+            paired = compare(ours[protocol], reference_results[REFERENCE][protocol],
+                             metric=COMPARED_METRIC, confidence=CONFIDENCE)
+            if paired.ci_low > 0:
+                verdict = "better"
+            elif paired.ci_high < 0:
+                verdict = "worse"
+            else:
+                verdict = "no clear difference"
+            out["vs_bert4rec"][protocol] = {**asdict(paired), "verdict": verdict}
+    return out
+
+
+# ----------------------------------------------------------------------------------------------
+# The report
+
+
+def _num(value: float) -> str:
+    """``.4f`` without the leading zero, as the paper prints its tables."""
+    text = f"{value:.4f}"
+    return text.replace("0.", ".", 1) if text.startswith(("0.", "-0.")) else text
+
+
+def _signed(value: float) -> str:
+    return ("+" if value >= 0 else "") + _num(value)
+
+
+def _seconds(value: float) -> str:
+    return f"{value:.3f}" if value < 10 else f"{value:,.0f}"
+
+
+def _protocol_title(protocol: str, negatives: int) -> str:
+    if protocol == "full":
+        return "Full ranking (every item; the user's history removed)"
+    return (f"Popularity-sampled: {negatives} negatives drawn by popularity (the paper's "
+            "protocol)")
+
+
+def render_markdown(report: dict[str, Any]) -> str:
+    """The report as Markdown: provenance, one table per protocol (full ranking first), the
+    comparison with BERT4Rec in words, training times."""
+    settings, data, results = report["settings"], report["data"], report["results"]
+    models: list[str] = settings["models"]
+    seeds: list[int] = settings["seeds"]
+    ref_seed = settings["reference_seed"]
+    machine = report["machine"]
+    tag = "SYNTHETIC " if report["synthetic"] else ""
+    dirty = {True: "yes", False: "no", None: "unknown"}[report["dirty"]]
+    if report["dirty_paths"]:
+        dirty += f" ({', '.join(report['dirty_paths'])})"
+    budget = settings["time_budget"]
+    lines = [
+        f"# Quality benchmark on {tag}data: {data.get('source') or 'a data frame'}",
+        "",
+    ]
+    if report["synthetic"]:
+        lines += ["**SYNTHETIC data**: generated with a planted sequential pattern; these "
+                  "numbers check the harness, they say nothing about real recommendations.", ""]
+    lines += [
+        f"- Command: `{report['command']}`",
+        f"- Commit: `{report['commit']}`, dirty: {dirty}",
+        f"- Machine: {machine['cpu']}, {machine['cores']} cores, {machine['threads']} torch "
+        f"threads; GPU: {machine['gpu'] or 'none'}; torch {machine['torch']}, Python "
+        f"{machine['python']}",
+        f"- Date: {report['date']}; {_seconds(report['duration_seconds'])}s in all",
+        f"- Data: {data['users']:,} users, {data['items']:,} items, "
+        f"{data['interactions']:,} interactions; leave-one-out, test split",
+        f"- Seeds: {' '.join(map(str, seeds))}; each cell is the mean"
+        + (" ± standard deviation over seeds" if len(seeds) > 1 else " of one seed"),
+        "- Training: "
+        + (f"time budget {budget:g}s per run, the same for every model" if budget is not None
+           else "no time budget")
+        + f"; epochs: {settings['epochs'] or 'each model’s default'}; "
+        f"device: {settings['device'] or 'auto'}"
+        + (f"; BERT4Rec preset `{settings['preset']}`" if settings["preset"] else ""),
+    ]
+    for model, values in settings["overrides"].items():
+        shown = ", ".join(f"{k}={v!r}" for k, v in values.items())
+        lines.append(f"- {LABELS[model]} settings: {shown}")
+    lines += [
+        f"- Ties: expected rank under random tie-breaking; sampled negatives use seed "
+        f"{settings['negative_seed']} for every run. The {int(settings['confidence'] * 100)} % "
+        f"intervals are a bootstrap over users of the seed-{ref_seed} run.",
+        "",
+    ]
+    for protocol in settings["protocols"]:
+        lines += [f"## {_protocol_title(protocol, settings['negatives'])}", ""]
+        head = [*METRICS, *(f"{m} 95 % CI" for m in CI_METRICS)]
+        lines += ["| model | " + " | ".join(head) + " |",
+                  "|---|" + "---:|" * len(head)]
+        for model in models:
+            res = results[model]
+            cells = []
+            for metric in METRICS:
+                spread = res[protocol][metric]
+                cell = _num(spread["mean"])
+                if len(seeds) > 1:
+                    cell += f" ± {_num(spread['std'])}"
+                cells.append(cell)
+            for metric in CI_METRICS:
+                low, high = res["ci"][protocol][metric]
+                cells.append(f"{_num(low)}–{_num(high)}")
+            lines.append(f"| {LABELS[model]} | " + " | ".join(cells) + " |")
+        lines.append("")
+    lines += _comparison_section(report)
+    lines += _order_section(report)
+    lines += ["## Training time", "",
+              "| model | training seconds | epochs | stopped by |", "|---|---:|---:|---|"]
+    for model in models:
+        res = results[model]
+        secs = res["train_seconds"]
+        cell = _seconds(secs["mean"]) + (f" ± {_seconds(secs['std'])}" if len(seeds) > 1 else "")
+        epochs = "/".join(str(r["epochs"]) for r in res["runs"])
+        stopped = "; ".join(sorted({r["stopped"] or "done" for r in res["runs"]}))
+        lines.append(f"| {LABELS[model]} | {cell} | {epochs} | {stopped} |")
+    lines += ["", "![full-ranking NDCG@10 against training time](quality.png)", ""]
+    return "\n".join(lines)
+
+
+def _comparison_section(report: dict[str, Any]) -> list[str]:
+    settings, results = report["settings"], report["results"]
+    ref_seed = settings["reference_seed"]
+    lines = [f"## Against BERT4Rec: paired {COMPARED_METRIC}, seed {ref_seed}", ""]
+    if REFERENCE not in results:
+        return [*lines, "BERT4Rec was not trained, so nothing is compared with it.", ""]
+    others = [m for m in settings["models"] if m != REFERENCE]
+    if not others:
+        return [*lines, "BERT4Rec was the only model trained.", ""]
+    lines += [f"Difference = model − BERT4Rec over the same test users; a model beats "
+              f"BERT4Rec where the whole {int(settings['confidence'] * 100)} % interval of "
+              "the difference lies above zero.", "",
+              "| model | protocol | difference | 95 % CI | paired t p | Wilcoxon p | verdict |",
+              "|---|---|---:|---|---:|---:|---|"]
+    sentences = []
+    for model in others:
+        for protocol in settings["protocols"]:
+            c = results[model]["vs_bert4rec"][protocol]
+            name = "full ranking" if protocol == "full" else "popularity-sampled"
+            lines.append(f"| {LABELS[model]} | {name} | {_signed(c['difference'])} | "
+                         f"{_signed(c['ci_low'])} to {_signed(c['ci_high'])} | "
+                         f"{c['t_pvalue']:.3g} | {c['wilcoxon_pvalue']:.3g} | {c['verdict']} |")
+            if c["difference"] > 0:
+                detail = (f"{_signed(c['difference'])} (95 % CI {_signed(c['ci_low'])} to "
+                          f"{_signed(c['ci_high'])}, paired t p = {c['t_pvalue']:.3g}, "
+                          f"Wilcoxon p = {c['wilcoxon_pvalue']:.3g})")
+                if c["verdict"] == "better":
+                    sentences.append(f"- **{LABELS[model]} beats BERT4Rec** on {name} "
+                                     f"{COMPARED_METRIC}: {detail}.")
+                else:
+                    sentences.append(f"- {LABELS[model]} scores above BERT4Rec on {name} "
+                                     f"{COMPARED_METRIC}, but the interval includes zero: "
+                                     f"{detail}.")
+    lines.append("")
+    if sentences:
+        lines += sentences
+    else:
+        lines.append(f"No model scores above BERT4Rec on {COMPARED_METRIC} under either "
+                     "protocol.")
+    return [*lines, ""]
+
+
+def _order_section(report: dict[str, Any]) -> list[str]:
+    """Say so where the two protocols rank the models differently (Krichene & Rendle 2020)."""
+    results, models = report["results"], report["settings"]["models"]
+    if len(models) < 2:
+        return []
+    orders = {}
+    for protocol in PROTOCOL_NAMES:
+        means = {m: results[m][protocol]["NDCG@10"]["mean"] for m in models}
+        orders[protocol] = sorted(models, key=lambda m: -means[m])
+    if orders["full"] == orders["popularity"]:
+        return ["Both protocols order the models the same way by mean NDCG@10.", ""]
+    shown = {p: " > ".join(LABELS[m] for m in order) for p, order in orders.items()}
+    return ["**The protocols disagree** on the order of the models by mean NDCG@10: full "
+            f"ranking {shown['full']}; popularity-sampled {shown['popularity']}. Full ranking "
+            "is the one to trust.", ""]
+
+
+def plot(report: dict[str, Any], path: Path) -> None:
+    """Full-ranking NDCG@10 against training seconds, one point per model (mean over seeds,
+    bars = standard deviation), drawn with Agg: no display needed."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    results, models = report["results"], report["settings"]["models"]
+    fig = Figure(figsize=(7, 4.5), dpi=120)
+    FigureCanvasAgg(fig)
+    ax = fig.add_subplot()
+    floor = 1e-3  # POP counts in well under a millisecond; a log axis needs a positive value
+    for model in models:
+        res = results[model]
+        x = max(res["train_seconds"]["mean"], floor)
+        y = res["full"]["NDCG@10"]["mean"]
+        xerr = res["train_seconds"]["std"] if x > floor else None
+        ax.errorbar(x, y, xerr=xerr, yerr=res["full"]["NDCG@10"]["std"],
+                    fmt="o", capsize=3, color="C3" if model == REFERENCE else "C0")
+        ax.annotate(LABELS[model], (x, y), textcoords="offset points", xytext=(5, 5),
+                    fontsize=8)
+    ax.set_xscale("log")
+    ax.set_xlabel("training seconds per run (log scale)")
+    ax.set_ylabel("NDCG@10, full ranking (test)")
+    title = f"Quality against training time: {report['data'].get('source') or 'data'}"
+    if report["synthetic"]:
+        title += " (SYNTHETIC)"
+    ax.set_title(title, fontsize=9)
+    ax.grid(True, alpha=0.3)
+    fig.tight_layout()
+
+    def write_png(tmp: str) -> None:
+        fig.savefig(tmp, format="png")
+
+    atomic_write(path, write_png)

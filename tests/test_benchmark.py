@@ -1,0 +1,190 @@
+"""``bert4rec benchmark quality``: the table's numbers are the per-run evaluations, the intervals
+and paired comparisons are computed on the first seed, and bad input is refused before any
+training."""
+
+from __future__ import annotations
+
+import json
+import statistics
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import pytest
+
+from bert4rec import synthetic
+from bert4rec.baselines.pop import PopularityRecommender
+from bert4rec.benchmark import LABELS, parse_models, parse_settings, quality
+from bert4rec.cli import main
+from bert4rec.data import load_interactions
+from bert4rec.errors import ConfigError
+from bert4rec.evaluation import METRICS, evaluate
+from bert4rec.runs import load_model
+from bert4rec.split import train_sequences
+
+TINY_BERT4REC = ["--set", "bert4rec.hidden_size=16", "--set", "bert4rec.max_len=12"]
+
+
+@pytest.fixture
+def log_path(tmp_path: Path) -> Path:
+    """80 users over 40 items: room for 20 negatives a user."""
+    frame = synthetic.generate(num_users=80, num_items=40, min_length=6, max_length=12, seed=1)
+    return synthetic.write(tmp_path / "log.csv", frame, "(tests)")
+
+
+def run_cli(log_path: Path, out: Path, *extra: str) -> int:
+    return main(["benchmark", "quality", "--data", str(log_path), "--output", str(out),
+                 "--epochs", "1", "--threads", "1", "--negatives", "20", "--quiet", *extra])
+
+
+def test_quality_writes_json_markdown_plot_and_runs(
+    tmp_path: Path, log_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out = tmp_path / "bench"
+
+    code = run_cli(log_path, out, "--models", "pop,fpmc,bert4rec", "--seeds", "0",
+                   *TINY_BERT4REC)
+
+    err = capsys.readouterr().err
+    assert code == 0
+    assert [line.split(":")[0] for line in err.splitlines() if "] " in line] == [
+        "benchmark [1/3] pop seed 0", "benchmark [2/3] fpmc seed 0",
+        "benchmark [3/3] bert4rec seed 0",
+    ]
+    report = json.loads((out / "quality.json").read_text(encoding="utf-8"))
+    assert report["command"].startswith("bert4rec benchmark quality --data ")
+    assert "--set bert4rec.hidden_size=16" in report["command"]
+    assert report["synthetic"] is True
+    assert {"commit", "dirty", "date", "machine"} <= set(report)
+    assert {"cpu", "cores", "torch", "gpu"} <= set(report["machine"])
+    settings = report["settings"]
+    assert settings["models"] == ["pop", "fpmc", "bert4rec"]
+    assert (settings["seeds"], settings["negatives"], settings["negative_seed"]) == ([0], 20, 0)
+    assert settings["overrides"] == {"bert4rec": {"hidden_size": 16, "max_len": 12}}
+    assert list(report["results"]) == ["pop", "fpmc", "bert4rec"]
+    data = load_interactions(log_path)
+
+    for model, res in report["results"].items():
+        (run,) = res["runs"]
+        assert run["seed"] == 0 and run["train_seconds"] >= 0
+        for protocol in ("full", "popularity"):
+            for metric in METRICS:  # one seed: the mean is that seed's value, no spread
+                value = run[protocol]["metrics"][metric]
+                assert res[protocol][metric] == {"mean": value, "std": 0.0, "values": [value]}
+            for metric in ("NDCG@10", "HR@10"):
+                low, high = res["ci"][protocol][metric]
+                assert low <= res[protocol][metric]["mean"] <= high
+            per_user = pd.read_parquet(run[protocol]["per_user"])
+            assert len(per_user) == 80
+            assert per_user["NDCG@10"].mean() == pytest.approx(
+                run[protocol]["metrics"]["NDCG@10"])
+        saved, info = load_model(run["run"])  # each run reloads and scores as evaluated
+        assert info.model == model
+        assert evaluate(saved, data, progress=False).metrics["NDCG@10"] == pytest.approx(
+            run["full"]["metrics"]["NDCG@10"])
+        if model == "bert4rec":
+            assert "vs_bert4rec" not in res  # never compared with itself
+            assert info.config["hidden_size"] == 16
+            continue
+        for protocol in ("full", "popularity"):
+            paired = res["vs_bert4rec"][protocol]
+            bert = report["results"]["bert4rec"][protocol]["NDCG@10"]["mean"]
+            assert paired["mean_a"] == pytest.approx(res[protocol]["NDCG@10"]["mean"])
+            assert paired["mean_b"] == pytest.approx(bert)
+            assert paired["difference"] == pytest.approx(paired["mean_a"] - paired["mean_b"])
+            assert paired["ci_low"] <= paired["difference"] <= paired["ci_high"]
+            assert paired["users"] == 80
+            assert paired["verdict"] in ("better", "worse", "no clear difference")
+
+    # Known answer: POP's row is the library's POP evaluated on the same data.
+    pop = PopularityRecommender.fit(train_sequences(data), data.num_items)
+    full = evaluate(pop, data, protocol="full", progress=False).metrics
+    sampled = evaluate(pop, data, protocol="popularity", num_negatives=20, seed=0,
+                       progress=False).metrics
+    assert report["results"]["pop"]["runs"][0]["full"]["metrics"] == pytest.approx(full)
+    assert report["results"]["pop"]["runs"][0]["popularity"]["metrics"] == pytest.approx(sampled)
+
+    markdown = (out / "quality.md").read_text(encoding="utf-8")
+    assert markdown.startswith("# Quality benchmark on SYNTHETIC data")
+    assert "**SYNTHETIC data**" in markdown
+    assert f"`{report['command']}`" in markdown
+    assert report["commit"] in markdown
+    for model in ("pop", "fpmc", "bert4rec"):
+        assert f"| {LABELS[model]} |" in markdown
+    assert markdown.index("## Full ranking") < markdown.index("## Popularity-sampled")
+    assert "## Against BERT4Rec" in markdown
+    assert (out / "quality.png").read_bytes().startswith(b"\x89PNG\r\n\x1a\n")
+
+
+def test_several_seeds_from_python_without_bert4rec(tmp_path: Path, log_path: Path) -> None:
+    data = load_interactions(log_path)
+    lines: list[str] = []
+
+    report = quality(data, tmp_path / "bench", models=["pop", "fpmc"], seeds=[3, 4], epochs=1,
+                     threads=1, negatives=20, progress=False, log=lines.append)
+
+    assert sum(line.startswith("benchmark [") for line in lines) == 4
+    fpmc: dict[str, Any] = report["results"]["fpmc"]
+    assert [run["seed"] for run in fpmc["runs"]] == [3, 4]
+    values = [run["full"]["metrics"]["NDCG@10"] for run in fpmc["runs"]]
+    assert fpmc["full"]["NDCG@10"]["mean"] == pytest.approx(statistics.fmean(values))
+    assert fpmc["full"]["NDCG@10"]["std"] == pytest.approx(statistics.stdev(values))
+    assert report["settings"]["reference_seed"] == 3
+    # POP counts; it has no seed to vary.
+    assert report["results"]["pop"]["full"]["HR@10"]["std"] == 0.0
+    assert all("vs_bert4rec" not in res for res in report["results"].values())
+    assert report["command"].startswith("bert4rec.benchmark.quality(")
+    assert (tmp_path / "bench" / "runs" / "fpmc-seed4" / "run.json").exists()
+    markdown = (tmp_path / "bench" / "quality.md").read_text(encoding="utf-8")
+    assert "BERT4Rec was not trained" in markdown
+    assert " ± " in markdown  # two seeds: spreads are shown
+
+
+def test_parse_models_and_settings() -> None:
+    assert parse_models("pop, gru4rec+,sasrec-ce") == ["pop", "gru4rec+", "sasrec-ce"]
+    assert parse_settings(["bert4rec.hidden_size=128", "gru4rec+.dropout=0.25",
+                           "sasrec.loss_name=ce", "bert4rec.bucket_by_length=false"]) == {
+        "bert4rec": {"hidden_size": 128, "bucket_by_length": False},
+        "gru4rec+": {"dropout": 0.25},
+        "sasrec": {"loss_name": "ce"},
+    }
+    with pytest.raises(ConfigError, match="unknown model 'sasrek' in --models"):
+        parse_models("pop,sasrek")
+    with pytest.raises(ConfigError, match="more than once"):
+        parse_models("pop,pop")
+    with pytest.raises(ConfigError, match=r"--set expects MODEL\.key=value"):
+        parse_settings(["bert4rec.hidden_size"])
+    with pytest.raises(ConfigError, match=r"--set 'bert\.hidden_size=16': unknown model 'bert'"):
+        parse_settings(["bert.hidden_size=16"])
+
+
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        (["--models", "pop,sasrek"],
+         "error: unknown model 'sasrek' in --models; choose from pop,bpr,"),
+        (["--models", "pop", "--set", "hidden_size=16"],
+         "error: --set expects MODEL.key=value (e.g. bert4rec.hidden_size=64), got "
+         "'hidden_size=16'"),
+        (["--models", "pop,fpmc", "--set", "sasrec.hidden_size=16"],
+         "sasrec is not among --models (pop,fpmc)"),
+        (["--models", "pop,fpmc", "--set", "fpmc.time_budget=5"],
+         "time_budget is the same for every model; use --time-budget"),
+        (["--models", "pop,fpmc", "--set", "fpmc.embeding_size=8"],
+         "error: fpmc: unknown fpmc setting(s): embeding_size"),
+        (["--models", "pop", "--set", "pop.anything=1"], "pop has no settings"),
+        (["--models", "pop", "--negatives", "100"], "error: --negatives 100: a user has only"),
+        (["--models", "pop", "--seeds", "1", "1"], "--seeds: give at least one seed, each once"),
+    ],
+)
+def test_bad_input_exits_2_before_training(
+    tmp_path: Path, log_path: Path, capsys: pytest.CaptureFixture[str], extra: list[str],
+    message: str,
+) -> None:
+    out = tmp_path / "bench"
+
+    code = run_cli(log_path, out, *extra)
+
+    assert code == 2
+    assert message in capsys.readouterr().err
+    assert not out.exists()
