@@ -29,6 +29,10 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.csv as pacsv
+import pyarrow.parquet as pq
 
 from bert4rec.errors import DataError
 
@@ -276,11 +280,7 @@ def read_log(path: str | Path, options: PrepareOptions | None = None) -> pd.Data
     elif fmt == "csv":
         frame = _read_delimited(path, sep=_sniff_separator(path), options=options)
     elif fmt == "parquet":
-        try:
-            raw = pd.read_parquet(path)
-        except Exception as exc:  # pyarrow raises several unrelated types for a bad file
-            raise DataError(f"{path}: not a readable Parquet file ({exc})") from exc
-        frame = select_columns(raw, options, where=str(path))
+        frame = select_columns(_read_parquet(path, options), options, where=str(path))
     else:  # pragma: no cover - PrepareOptions validates the name
         raise DataError(f"unknown format {fmt!r}")
     if frame.empty:
@@ -331,16 +331,19 @@ def _read_sequences(path: Path) -> pd.DataFrame:
 
 
 def _read_movielens_dat(path: Path) -> pd.DataFrame:
+    fast = _read_movielens_dat_fast(path)
+    if fast is not None:
+        return fast
     # '::' is a multi-character separator, which only pandas' slow Python engine accepts;
-    # swapping it for a tab keeps the fast C parser on the 25M-line files.
-    text = path.read_bytes().replace(b"::", b"\t")
-    try:
-        frame = pd.read_csv(
-            io.BytesIO(text), sep="\t", header=None, dtype=str, engine="c",
-            names=["user", "item", "rating", "timestamp"],
-        )
-    except (pd.errors.ParserError, ValueError):
-        frame = None
+    # reading through a tab in its place keeps the C parser, one block at a time.
+    with open(path, "rb") as raw, io.BufferedReader(_ColonsAsTabs(raw), 1 << 20) as text:
+        try:
+            frame = pd.read_csv(
+                text, sep="\t", header=None, dtype=str, engine="c",
+                names=["user", "item", "rating", "timestamp"],
+            )
+        except (pd.errors.ParserError, ValueError):
+            frame = None
     if frame is None or frame["timestamp"].isna().any():
         bad = _first_bad_line(path, lambda line: len(line.split("::")) == 4)
         where = f" line {bad[0]}: {bad[1]!r}" if bad else ""
@@ -348,6 +351,35 @@ def _read_movielens_dat(path: Path) -> pd.DataFrame:
     frame["rating"] = _numeric(frame["rating"], path, "rating", header_lines=0)
     frame["timestamp"] = _numeric(frame["timestamp"], path, "timestamp", header_lines=0)
     return _typed_ids(frame)
+
+
+class _ColonsAsTabs(io.RawIOBase):
+    """A binary file read with every '::' replaced by a tab, as ``bytes.replace`` would do on
+    the whole file, without holding a second copy of it. A trailing run of colons waits for the
+    next block, since how a run splits into pairs depends on the whole run."""
+
+    def __init__(self, raw: io.BufferedReader, block_size: int = 1 << 20) -> None:
+        self._raw = raw
+        self._block_size = block_size
+        self._pending = b""  # converted bytes not yet handed out
+        self._colons = b""  # colons at the end of the last block, not converted yet
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: Any) -> int:
+        while not self._pending:
+            block = self._raw.read(self._block_size)
+            if not block:
+                self._pending, self._colons = self._colons.replace(b"::", b"\t"), b""
+                break
+            block = self._colons + block
+            kept = len(block.rstrip(b":"))
+            self._pending, self._colons = block[:kept].replace(b"::", b"\t"), block[kept:]
+        n = min(len(buffer), len(self._pending))
+        buffer[:n] = self._pending[:n]
+        self._pending = self._pending[n:]
+        return n
 
 
 def _sniff_separator(path: Path) -> str:
@@ -364,6 +396,9 @@ def _read_delimited(
     # Only comment lines above the header are skipped (the synthetic marker): pandas' comment=
     # would also cut every field at a '#' ('C#') and shift the line numbers of errors.
     skipped = _leading_comment_lines(path)
+    fast = _read_delimited_fast(path, sep, options, skipped, strip_types)
+    if fast is not None:
+        return fast
     try:
         raw = pd.read_csv(path, sep=sep, dtype=str, skiprows=skipped, engine="c")
     except pd.errors.EmptyDataError as exc:
@@ -385,34 +420,29 @@ def _leading_comment_lines(path: Path) -> int:
     return count
 
 
+def _read_parquet(path: Path, options: PrepareOptions) -> pd.DataFrame:
+    """The columns :func:`select_columns` will pick, or the whole file where it cannot tell."""
+    columns: list[str] | None = None
+    try:
+        # An empty table through pandas gives the column labels exactly as a full read would.
+        labels = list(pq.read_schema(path).empty_table().to_pandas().columns)
+        picked = [c for c in _pick_columns(labels, options, str(path)) if c is not None]
+        if all(isinstance(c, str) for c in picked):
+            columns = picked
+    except Exception:  # the full read below raises the error to report
+        pass
+    try:
+        return pd.read_parquet(path, columns=columns)
+    except Exception as exc:  # pyarrow raises several unrelated types for a bad file
+        raise DataError(f"{path}: not a readable Parquet file ({exc})") from exc
+
+
 def select_columns(
     raw: pd.DataFrame, options: PrepareOptions, where: str = "data frame", header_lines: int = 0
 ) -> pd.DataFrame:
     """Pick the user, item and optional timestamp/rating columns of a frame by name."""
-    lowered = {str(c).lower(): c for c in raw.columns}
-
-    def pick(named: str | None, candidates: tuple[str, ...], role: str, required: bool) -> Any:
-        if named is not None:
-            if named not in raw.columns:
-                raise DataError(
-                    f"{where}: no column {named!r} for {role}; columns are {list(raw.columns)}"
-                )
-            return named
-        for name in candidates:
-            if name in lowered:
-                return lowered[name]
-        if required:
-            raise DataError(
-                f"{where}: cannot find the {role} column among {list(raw.columns)}; "
-                f"name it with --{role}-col"
-            )
-        return None
-
-    user = pick(options.user_col, _USER_COLUMNS, "user", True)
-    item = pick(options.item_col, _ITEM_COLUMNS, "item", True)
-    time = pick(options.time_col, _TIME_COLUMNS, "time", False)
-    rating = pick(None, _RATING_COLUMNS, "rating", False)
-    frame = pd.DataFrame({"user": raw[user].to_numpy(), "item": raw[item].to_numpy()})
+    user, item, time, rating = _pick_columns(list(raw.columns), options, where)
+    frame = pd.DataFrame({"user": _values(raw[user]), "item": _values(raw[item])}, copy=False)
     missing = frame["user"].isna() | frame["item"].isna()
     if missing.any():
         row = int(np.flatnonzero(missing.to_numpy())[0])
@@ -422,6 +452,44 @@ def select_columns(
     if rating is not None:
         frame["rating"] = _numeric(raw[rating], where, "rating", header_lines)
     return _typed_ids(frame)
+
+
+def _pick_columns(
+    columns: list[Any], options: PrepareOptions, where: str
+) -> tuple[Any, Any, Any, Any]:
+    """The user, item, time and rating column labels (the last two None where absent)."""
+    lowered = {str(c).lower(): c for c in columns}
+
+    def pick(named: str | None, candidates: tuple[str, ...], role: str, required: bool) -> Any:
+        if named is not None:
+            if named not in columns:
+                raise DataError(
+                    f"{where}: no column {named!r} for {role}; columns are {columns}"
+                )
+            return named
+        for name in candidates:
+            if name in lowered:
+                return lowered[name]
+        if required:
+            raise DataError(
+                f"{where}: cannot find the {role} column among {columns}; "
+                f"name it with --{role}-col"
+            )
+        return None
+
+    return (
+        pick(options.user_col, _USER_COLUMNS, "user", True),
+        pick(options.item_col, _ITEM_COLUMNS, "item", True),
+        pick(options.time_col, _TIME_COLUMNS, "time", False),
+        pick(None, _RATING_COLUMNS, "rating", False),
+    )
+
+
+def _values(column: pd.Series) -> Any:
+    # Text stays in pandas' own string array: to_numpy() would make a Python object per row.
+    if isinstance(column.dtype, pd.StringDtype):
+        return column.array
+    return column.to_numpy()
 
 
 def _numeric(column: pd.Series, where: Any, name: str, header_lines: int) -> pd.Series:
@@ -463,19 +531,212 @@ def _typed_ids(frame: pd.DataFrame) -> pd.DataFrame:
     """Ids read as text become integers when every one is a canonical integer ('7', not '007'),
     so that they round-trip exactly either way."""
     for col in ("user", "item"):
-        column = frame[col]
-        if column.dtype.kind in "iu":
-            frame[col] = column.astype(np.int64)
-            continue
-        as_str = column.astype(str)
-        if as_str.str.fullmatch(_INT_TOKEN.pattern).all():
-            try:
-                frame[col] = as_str.astype(np.int64)
-                continue
-            except OverflowError:
-                pass
-        frame[col] = as_str
+        frame[col] = _typed_id_column(frame[col])
     return frame
+
+
+def _typed_id_column(column: pd.Series) -> pd.Series:
+    if column.dtype.kind in "iu":
+        return column.astype(np.int64)  # no copy when it is int64 already (copy on write)
+    as_str = column.astype(str)
+    if as_str.str.fullmatch(_INT_TOKEN.pattern).all():
+        try:
+            return as_str.astype(np.int64)
+        except OverflowError:
+            pass
+    return as_str
+
+
+# ----------------------------------------------------------------------------------------------
+# Fast reading of large delimited files
+#
+# pyarrow parses the needed columns as text, in parallel, and the text is converted here only
+# where it has a plain form that pandas reads the same way (canonical integers, decimals). On
+# anything else (quoted numbers, missing fields, dates, pandas' missing-value words such as
+# 'NA', a malformed line) the fast reader returns None, and the pandas reader reads the file
+# and reports what is wrong with file and line: the result never depends on which reader ran.
+
+_BLOCK_BYTES = 1 << 24  # per parsed block; larger blocks than pyarrow's 1 MiB parse faster
+# pandas' default missing-value words (read_csv's na_values): ids it would read as missing.
+_NA_WORDS = pa.array([
+    "", "#N/A", "#N/A N/A", "#NA", "-1.#IND", "-1.#QNAN", "-NaN", "-nan", "1.#IND", "1.#QNAN",
+    "<NA>", "N/A", "NA", "NULL", "NaN", "None", "n/a", "nan", "null",
+])
+_INTEGER = r"^-?[0-9]+$"
+_DECIMAL = r"^-?[0-9]{1,9}(\.[0-9]{1,6})?$"  # at most 15 digits: every parser rounds these alike
+
+
+def _read_delimited_fast(
+    path: Path, sep: str, options: PrepareOptions, skipped: int, strip_types: bool
+) -> pd.DataFrame | None:
+    try:
+        header = pd.read_csv(path, sep=sep, dtype=str, skiprows=skipped, nrows=0, engine="c")
+    except (pd.errors.ParserError, ValueError):
+        return None
+    columns = [str(c) for c in header.columns]
+    if strip_types:
+        columns = [c.split(":")[0] for c in columns]
+    if len(set(columns)) < len(columns):
+        return None
+    try:
+        picked = _pick_columns(columns, options, str(path))
+    except DataError:
+        return None
+    offset = _line_offset(path, skipped)
+    if offset is None:
+        return None
+    names = [f"c{i}" for i in range(len(columns))]
+    roles = {
+        role: names[columns.index(label)]
+        for role, label in zip(("user", "item", "timestamp", "rating"), picked, strict=True)
+        if label is not None
+    }
+    with open(path, "rb") as f:
+        f.seek(offset)
+        # Without quotes no value holds a newline, and pyarrow may cut blocks at any newline.
+        quoted = b'"' in f.read(_BLOCK_BYTES)
+    with pa.OSFile(str(path)) as source:
+        source.seek(offset)
+        texts = _arrow_csv(
+            source, names, roles, skip_rows=1,
+            parse=pacsv.ParseOptions(delimiter=sep, newlines_in_values=quoted),
+        )
+    return _fast_frame(texts, forbidden=None) if texts is not None else None
+
+
+def _read_movielens_dat_fast(path: Path) -> pd.DataFrame | None:
+    # 'user::item::rating::timestamp' read with ':' as the separator: the odd fields must be
+    # empty (pyarrow's null type refuses anything else), so a ':' inside a value fails the read.
+    names = [f"c{i}" for i in range(7)]
+    roles = dict(zip(("user", "item", "rating", "timestamp"), names[0::2], strict=True))
+    texts = _arrow_csv(
+        str(path), names, roles, skip_rows=0, separators=names[1::2],
+        parse=pacsv.ParseOptions(delimiter=":", quote_char=False),
+    )
+    # pandas reads quotes and splits at tabs, which the ':' read keeps inside values.
+    return _fast_frame(texts, forbidden="[\"\t]") if texts is not None else None
+
+
+def _line_offset(path: Path, lines: int) -> int | None:
+    """Byte offset of line ``lines`` (0-based), or None where a lone '\r' ends a line."""
+    offset = 0
+    with open(path, "rb") as f:
+        for _ in range(lines):
+            line = f.readline()
+            if b"\r" in line.rstrip(b"\r\n"):
+                return None
+            offset += len(line)
+    return offset
+
+
+def _arrow_csv(
+    source: Any, names: list[str], roles: dict[str, str], skip_rows: int, parse: Any,
+    separators: list[str] | None = None,
+) -> dict[str, Any] | None:
+    """The columns of ``roles`` (role -> column name) as text, or None where pyarrow fails."""
+    types = {name: pa.string() for name in roles.values()}
+    if "rating" in roles and list(roles.values()).count(roles["rating"]) == 1:
+        # A handful of distinct values: each is checked and converted once.
+        types[roles["rating"]] = pa.dictionary(pa.int32(), pa.string())
+    types.update({name: pa.null() for name in separators or []})
+    try:
+        table = pacsv.read_csv(
+            source,
+            read_options=pacsv.ReadOptions(
+                column_names=names, skip_rows=skip_rows, block_size=_BLOCK_BYTES
+            ),
+            parse_options=parse,
+            convert_options=pacsv.ConvertOptions(
+                include_columns=list(types), column_types=types, null_values=[""],
+                strings_can_be_null=True, quoted_strings_can_be_null=True,
+            ),
+        )
+    except (pa.ArrowException, OSError):
+        return None
+    if table.num_rows == 0:
+        return None
+    return {role: table.column(name) for role, name in roles.items()}
+
+
+def _fast_frame(texts: dict[str, Any], forbidden: str | None) -> pd.DataFrame | None:
+    """The frame the pandas reader would give, from text columns, or None where it may differ.
+    Each text column is dropped from ``texts`` once converted, to free its memory."""
+    frame: dict[str, Any] = {}
+    for role in list(texts):
+        text = texts.pop(role)
+        if text.null_count:
+            return None
+        converted = _fast_ids(text, forbidden) if role in ("user", "item") else _fast_numbers(text)
+        if converted is None:
+            return None
+        frame[role] = converted
+        del text, converted
+    return pd.DataFrame(frame, copy=False)
+
+
+def _fast_ids(text: Any, forbidden: str | None) -> Any:
+    """int64 ids where every one is a canonical integer, else the text (as _typed_ids)."""
+    if _all(pc.ascii_is_decimal(text)):  # digits only: canonical unless '0' leads ('007')
+        leading_zero = pc.and_(pc.starts_with(text, "0"), pc.greater(pc.binary_length(text), 1))
+        canonical = not _any(leading_zero)
+    else:  # a sign or other characters: the full rule
+        canonical = _all(pc.match_substring_regex(text, _INT_TOKEN.pattern))
+    if canonical:
+        numbers = _cast_to_numpy(text, pa.int64())
+        if numbers is not None:
+            return numbers
+        # beyond int64: text, as _typed_ids does
+    if _any(pc.is_in(text, value_set=_NA_WORDS)):
+        return None
+    if forbidden is not None and _any(pc.match_substring_regex(text, forbidden)):
+        return None
+    return pd.Series(text.to_pandas()).astype(str).array
+
+
+def _fast_numbers(text: Any) -> np.ndarray | None:
+    """Numbers as pd.to_numeric reads them: int64 when all are integers, else float64; None
+    for any other text (dates, signs, exponents, missing-value words), or beyond int64."""
+    if pa.types.is_dictionary(text.type):
+        check = pa.chunked_array([chunk.dictionary for chunk in text.chunks], pa.string())
+    else:
+        check = text
+    if _all(pc.ascii_is_decimal(check)):
+        kind = pa.int64()
+    elif _any(pc.match_substring(check, ".")):
+        if not _all(pc.match_substring_regex(check, _DECIMAL)):
+            return None
+        kind = pa.float64()
+    elif _all(pc.match_substring_regex(check, _INTEGER)):
+        kind = pa.int64()
+    else:
+        return None
+    return _cast_to_numpy(text, kind)
+
+
+def _cast_to_numpy(text: Any, kind: Any) -> np.ndarray | None:
+    """Text (or dictionary-encoded text) cast to numbers, chunk by chunk into one array so that
+    no second full-size copy is made; None where a value does not fit the type."""
+    out = np.empty(len(text), dtype=kind.to_pandas_dtype())
+    start = 0
+    try:
+        for chunk in text.chunks:
+            if pa.types.is_dictionary(chunk.type):
+                values = pc.cast(chunk.dictionary, kind).to_numpy()
+                out[start : start + len(chunk)] = values[chunk.indices.to_numpy()]
+            else:
+                out[start : start + len(chunk)] = pc.cast(chunk, kind).to_numpy()
+            start += len(chunk)
+    except pa.ArrowInvalid:
+        return None
+    return out
+
+
+def _all(mask: Any) -> bool:
+    return bool(pc.all(mask).as_py())
+
+
+def _any(mask: Any) -> bool:
+    return bool(pc.any(mask).as_py())
 
 
 # ----------------------------------------------------------------------------------------------
@@ -492,47 +753,127 @@ def prepare_frame(
         frame = select_columns(frame, options, where=source)
     elif frame["user"].isna().any() or frame["item"].isna().any():
         raise DataError(f"{source}: missing user or item values")
-    else:
-        frame = _typed_ids(frame.copy())
+    users = _typed_id_column(frame["user"])
+    items = _typed_id_column(frame["item"])
+    times = frame["timestamp"].to_numpy() if "timestamp" in frame.columns else None
     if options.min_rating is not None:
         if "rating" not in frame.columns:
             raise DataError(f"{source}: --min-rating given but the data has no rating column")
-        frame = frame[frame["rating"] >= options.min_rating]
-    if frame.empty:
+        high = (frame["rating"] >= options.min_rating).to_numpy()
+        users, items = users[high], items[high]
+        times = times[high] if times is not None else None
+    if len(users) == 0:
         raise DataError(f"{source}: no interactions left after the rating filter")
 
+    user_codes, user_ids = _factorize(users)
+    item_codes, item_ids = _factorize(items)
     # Counts once on the whole log, both filters together (the papers' scripts).
-    keep = np.ones(len(frame), dtype=bool)
-    if options.min_user_count > 1:
-        keep &= frame["user"].map(frame["user"].value_counts()).to_numpy() >= options.min_user_count
-    if options.min_item_count > 1:
-        keep &= frame["item"].map(frame["item"].value_counts()).to_numpy() >= options.min_item_count
-    frame = frame[keep]
-    if frame.empty:
-        raise DataError(
-            f"{source}: nothing left after filtering (users >= {options.min_user_count}, "
-            f"items >= {options.min_item_count} interactions); lower --min-user-count / "
-            "--min-item-count"
-        )
+    user_ok = np.bincount(user_codes) >= options.min_user_count
+    item_ok = np.bincount(item_codes) >= options.min_item_count
+    if not (user_ok.all() and item_ok.all()):
+        keep = user_ok[user_codes] & item_ok[item_codes]
+        if not keep.any():
+            raise DataError(
+                f"{source}: nothing left after filtering (users >= {options.min_user_count}, "
+                f"items >= {options.min_item_count} interactions); lower --min-user-count / "
+                "--min-item-count"
+            )
+        user_codes, user_ids = _drop_unused(user_codes[keep], user_ids)
+        item_codes, item_ids = _drop_unused(item_codes[keep], item_ids)
+        times = times[keep] if times is not None else None
 
-    user_codes, user_ids = pd.factorize(frame["user"], sort=True)
-    item_codes, item_ids = pd.factorize(frame["item"], sort=True)
-    # Two stable sorts: by time, then by user, keep file order among equal timestamps.
-    order = np.arange(len(frame))
-    if "timestamp" in frame.columns:
-        order = np.argsort(frame["timestamp"].to_numpy(), kind="stable")
-    order = order[np.argsort(user_codes[order], kind="stable")]
     counts = np.bincount(user_codes, minlength=len(user_ids))
     offsets = np.zeros(len(user_ids) + 1, dtype=np.int64)
     np.cumsum(counts, out=offsets[1:])
+    ordered = _ordered_items(user_codes, item_codes, times, len(user_ids), len(item_ids))
+    ordered += 1
     return Interactions(
-        user_ids=np.asarray(user_ids),
-        vocab=ItemVocab(np.asarray(item_ids)),
+        user_ids=user_ids,
+        vocab=ItemVocab(item_ids),
         offsets=offsets,
-        items=(item_codes[order] + 1).astype(np.int32),
+        items=ordered,
         source=source,
         synthetic=synthetic,
     )
+
+
+def _ordered_items(
+    user_codes: np.ndarray, item_codes: np.ndarray, times: np.ndarray | None,
+    num_users: int, num_items: int,
+) -> np.ndarray:
+    """Item codes (int32) in user order, each user's in time order, file order among equal
+    timestamps: a stable sort by time, then a stable sort by user."""
+    n = len(user_codes)
+    rows = np.arange(n, dtype=np.int64)
+    if times is None:
+        rank = rows
+    else:  # each row's place in time order
+        by_time = _stable_argsort(times, rows)
+        rank = np.empty_like(rows)
+        rank[by_time] = rows
+        del by_time
+    del rows
+    user_bits, row_bits, item_bits = ((k - 1).bit_length() for k in (num_users, n, num_items))
+    if user_bits + row_bits + item_bits > 63:
+        return item_codes[np.lexsort((rank, user_codes))]
+    # One sort of (user, rank, item) packed into an int64, most significant first: ranks never
+    # tie, so the order is the stable one, and each row's item comes out in the low bits.
+    key = rank  # reused in place: the ranks become the middle bits of the key
+    key <<= item_bits
+    key |= item_codes
+    users = user_codes.astype(np.int64)
+    users <<= row_bits + item_bits
+    key |= users
+    del users
+    key.sort()
+    key &= (1 << item_bits) - 1
+    return key.astype(np.int32)
+
+
+def _factorize(ids: pd.Series) -> tuple[np.ndarray, np.ndarray]:
+    """Codes ``0..k-1`` (int32) of the ids, numbered in sorted order of the k distinct ids."""
+    if ids.dtype.kind in "iu" and len(ids):
+        values = ids.to_numpy()
+        low, high = int(values.min()), int(values.max())
+        if low >= 0 and high < max(len(values), 1 << 20):
+            # Small non-negative integers (MovieLens ids): counting, no hashing or sorting.
+            present = np.bincount(values, minlength=high + 1) > 0
+            code_of = np.cumsum(present, dtype=np.int32)
+            code_of -= 1
+            return code_of[values], np.flatnonzero(present).astype(np.int64)
+    codes, uniques = pd.factorize(ids, sort=True)
+    return codes.astype(np.int32), np.asarray(uniques)
+
+
+def _drop_unused(codes: np.ndarray, ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Renumber codes after rows were dropped, keeping only the ids still used (in order)."""
+    used = np.bincount(codes, minlength=len(ids)) > 0
+    code_of = np.cumsum(used, dtype=np.int32)
+    code_of -= 1
+    return code_of[codes], ids[used]
+
+
+def _stable_argsort(keys: np.ndarray, rows: np.ndarray) -> np.ndarray:
+    """``np.argsort(keys, kind="stable")``, several times faster for integer keys; ``rows`` is
+    ``np.arange(len(keys))``.
+
+    Each key is packed with its row number into one int64 (key in the high bits, row in the
+    low ones), so that keys never tie and a plain sort of values, which numpy vectorises,
+    yields the stable order; the low bits of the sorted values are then that order.
+    """
+    n = len(keys)
+    if keys.dtype.kind in "iu" and n > 1:
+        low, high = int(keys.min()), int(keys.max())
+        row_bits = (n - 1).bit_length()
+        if high < 1 << 63 and (high - low) < 1 << (63 - row_bits):
+            packed = keys.astype(np.int64)
+            packed -= low
+            packed <<= row_bits
+            packed |= rows
+            packed.sort()
+            packed &= (1 << row_bits) - 1
+            return packed
+    return np.argsort(keys, kind="stable")
 
 
 def cache_dir() -> Path:
