@@ -18,6 +18,7 @@ put the target after or before all its ties.
 
 from __future__ import annotations
 
+import itertools
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -32,7 +33,7 @@ from tqdm import tqdm
 
 from bert4rec.data import Interactions
 from bert4rec.errors import ConfigError
-from bert4rec.recommender import Recommender, mask_seen
+from bert4rec.recommender import ITEM_CHUNK, Recommender, mask_seen, score_blocks
 from bert4rec.split import EvalCases, Split, eval_cases
 
 Protocol = Literal["full", "popularity", "uniform"]
@@ -184,8 +185,10 @@ def rank_outcomes(
     negatives: np.ndarray | None,
     batch_size: int = 256,
     progress: bool = True,
+    item_chunk: int = ITEM_CHUNK,
 ) -> tuple[np.ndarray, np.ndarray]:
-    """``greater`` and ``ties`` of every case, scoring ``batch_size`` histories at a time."""
+    """``greater`` and ``ties`` of every case, scoring ``batch_size`` histories at a time (and
+    ``item_chunk`` items at a time for a model that scores in blocks)."""
     greater = np.zeros(len(cases), dtype=np.int64)
     ties = np.zeros(len(cases), dtype=np.int64)
     bar = tqdm(total=len(cases), desc=f"evaluate ({protocol})", unit="user", delay=2.0,
@@ -194,23 +197,76 @@ def rank_outcomes(
         rows = slice(start, start + batch_size)
         histories = cases.histories(data.items, rows)
         with torch.inference_mode():
-            scores = model.score(histories).float()  # on the model's device
-            targets = torch.as_tensor(cases.targets[rows], device=scores.device)
-            arange = torch.arange(len(histories), device=scores.device)
-            target_scores = scores[arange, targets].clone()
-            if protocol == "full":
-                scores = mask_seen(scores.clone(), histories)
-                scores[arange, targets] = -torch.inf  # count the target neither above nor tied
-            else:
-                assert negatives is not None
-                scores = scores.gather(1, torch.as_tensor(negatives[rows], device=scores.device))
-            above = (scores > target_scores[:, None]).sum(dim=1)
-            level = (scores == target_scores[:, None]).sum(dim=1)
+            above, level = count_outcomes(
+                model, histories, cases.targets[rows],
+                None if negatives is None else negatives[rows], item_chunk,
+            )
         greater[rows] = above.cpu().numpy()
         ties[rows] = level.cpu().numpy()
         bar.update(len(histories))
     bar.close()
     return greater, ties
+
+
+def count_outcomes(
+    model: Recommender,
+    histories: list[np.ndarray],
+    targets: np.ndarray,
+    negatives: np.ndarray | None,
+    item_chunk: int = ITEM_CHUNK,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """``greater`` and ``ties`` (B,) of one batch: against every item but the history's
+    (``negatives`` None, the full protocol) or against the (B, m) ``negatives``.
+
+    A catalogue scored in one block is compared at once. Scored in several, the targets' (and
+    negatives') scores are picked out of the blocks first, then, under the full protocol, the
+    blocks are scored a second time to count: twice the compute, one block of memory.
+    """
+    blocks = score_blocks(model, histories, item_chunk)
+    first = next(blocks)
+    scores = first[1]
+    if scores.shape[1] == model.num_items + 1:  # the whole catalogue in one block
+        scores = scores.float()  # on the model's device
+        targets_t = torch.as_tensor(targets, device=scores.device)
+        arange = torch.arange(len(histories), device=scores.device)
+        target_scores = scores[arange, targets_t].clone()
+        if negatives is None:
+            scores = mask_seen(scores.clone(), histories)
+            scores[arange, targets_t] = -torch.inf  # count the target neither above nor tied
+        else:
+            scores = scores.gather(1, torch.as_tensor(negatives, device=scores.device))
+        above = (scores > target_scores[:, None]).sum(dim=1)
+        level = (scores == target_scores[:, None]).sum(dim=1)
+        return above, level
+    device = scores.device
+    targets_t = torch.as_tensor(targets, device=device)
+    arange = torch.arange(len(histories), device=device)
+    target_scores = torch.full((len(histories),), torch.nan, device=device)
+    negatives_t = None if negatives is None else torch.as_tensor(negatives, device=device)
+    negative_scores = None if negatives_t is None else torch.full(
+        negatives_t.shape, torch.nan, device=device)
+    for offset, block in itertools.chain([first], blocks):
+        width = block.shape[1]
+        inside = (targets_t >= offset) & (targets_t < offset + width)  # (B,)
+        target_scores[inside] = block[arange[inside], targets_t[inside] - offset].float()
+        if negatives_t is not None and negative_scores is not None:
+            hit = (negatives_t >= offset) & (negatives_t < offset + width)  # (B, m)
+            row = arange[:, None].expand_as(negatives_t)
+            negative_scores[hit] = block[row[hit], negatives_t[hit] - offset].float()
+    if negative_scores is not None:
+        above = (negative_scores > target_scores[:, None]).sum(dim=1)
+        level = (negative_scores == target_scores[:, None]).sum(dim=1)
+        return above, level
+    above = torch.zeros(len(histories), dtype=torch.int64, device=device)
+    level = torch.zeros(len(histories), dtype=torch.int64, device=device)
+    for offset, block in score_blocks(model, histories, item_chunk):
+        width = block.shape[1]
+        block = mask_seen(block.float().clone(), histories, offset)
+        inside = (targets_t >= offset) & (targets_t < offset + width)
+        block[arange[inside], targets_t[inside] - offset] = -torch.inf
+        above += (block > target_scores[:, None]).sum(dim=1)
+        level += (block == target_scores[:, None]).sum(dim=1)
+    return above, level
 
 
 def evaluate(
@@ -223,8 +279,10 @@ def evaluate(
     tie_rule: TieRule = "expected",
     batch_size: int = 256,
     progress: bool = True,
+    users: np.ndarray | None = None,
 ) -> EvaluationResult:
-    """Evaluate ``model`` on the leave-one-out ``split`` of ``data`` under ``protocol``."""
+    """Evaluate ``model`` on the leave-one-out ``split`` of ``data`` under ``protocol``;
+    ``users`` (internal indices) restricts it to those users' cases."""
     if protocol not in PROTOCOLS:
         raise ConfigError(f"unknown protocol {protocol!r}; choose one of {', '.join(PROTOCOLS)}")
     if tie_rule not in TIE_RULES:
@@ -234,6 +292,10 @@ def evaluate(
             f"the model knows {model.num_items} items but the data has {data.num_items}"
         )
     cases = eval_cases(data, split)
+    if users is not None:
+        keep = np.isin(cases.users, users)
+        cases = EvalCases(users=cases.users[keep], targets=cases.targets[keep],
+                          starts=cases.starts[keep], ends=cases.ends[keep])
     negatives = None
     if protocol != "full":
         weights = item_popularity(data) if protocol == "popularity" else None

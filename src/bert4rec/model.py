@@ -1,7 +1,8 @@
 """BERT4Rec (Sun et al., CIKM 2019): a bidirectional Transformer over a user's item history.
 
 Read top to bottom: config, embeddings, a post-LN Transformer block, the output head tied to
-the item embeddings, then the model with its training loss and its inference contract.
+the item embeddings, the sampled losses for large catalogues, then the model with its training
+loss and its inference contract.
 
 Token ids: ``0`` padding, ``1..num_items`` items, ``num_items + 1`` ``[MASK]``. Sequences are
 left-padded so that the most recent item always sits in the last slot; position ids count from
@@ -12,7 +13,7 @@ much padding a batch adds, and padding never changes a score.
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass, fields
 from typing import Any
 
@@ -95,6 +96,75 @@ class TransformerBlock(nn.Module):
         return self.norm2(h + self.dropout(self.ffn_out(F.gelu(self.ffn_in(h)))))
 
 
+# ----------------------------------------------------------------------------------------------
+# Sampled losses. The paper's full softmax needs a (masked positions, num_items) logit matrix per
+# batch; with a million items that alone is gigabytes. These losses score the target against K
+# negatives drawn once per batch and shared by every masked position, so a step costs
+# O(masked positions x K) whatever the catalogue size.
+
+
+@dataclass(frozen=True)
+class NegativeSample:
+    """Negatives shared by every masked position of a batch, and how the loss uses them."""
+
+    items: torch.Tensor  # (K,) item ids in 1..num_items, drawn with replacement
+    # (K,) log of each draw's expected count, log(K q(item)): the logQ correction of the
+    # sampled softmax. None: no correction.
+    log_expected: torch.Tensor | None = None
+    gbce_beta: float | None = None  # set: gBCE with this beta instead of the sampled softmax
+
+
+def sampled_softmax_loss(
+    target_logits: torch.Tensor,
+    negative_logits: torch.Tensor,
+    accidental: torch.Tensor,
+    log_expected: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """Mean sampled-softmax cross-entropy over rows (Bengio & Senecal 2008; Jean et al. 2015).
+
+    ``target_logits`` (N,), ``negative_logits`` (N, K) for K negatives drawn with replacement
+    from a distribution q, ``accidental`` (N, K) True where a negative is the row's own target:
+    those are dropped, so the target never counts against itself. ``log_expected`` (K,) is
+    ``log(K q(j))`` of each negative. Subtracting it from the negatives' logits (the logQ
+    correction, Bengio & Senecal; Yi et al., RecSys 2019) makes ``sum_k exp(s_k) / (K q(k))``
+    an unbiased estimate of the softmax denominator's sum over the other items, so the loss
+    tends to the full softmax as K grows (the log of that estimate is biased low, Jensen). The
+    target's own logit is exact and is not corrected: it is always in the denominator, not
+    drawn. With every item drawn once and no correction, this is the full softmax.
+    """
+    if log_expected is not None:
+        negative_logits = negative_logits - log_expected[None, :]  # (N, K)
+    negative_logits = negative_logits.masked_fill(accidental, -math.inf)
+    logits = torch.cat([target_logits[:, None], negative_logits], dim=1)  # (N, 1 + K)
+    return (logits.logsumexp(dim=1) - target_logits).mean()
+
+
+def gbce_beta(num_negatives: int, num_items: int, t: float) -> float:
+    """gBCE's beta (Petrov & Macdonald, RecSys 2023): ``alpha (t (1 - 1/alpha) +
+    1/alpha)`` with the sampling rate ``alpha = K / (num_items - 1)``. ``t = 0`` is plain BCE;
+    ``t = 1`` calibrates the scores to the full-softmax probabilities."""
+    if num_items < 2:
+        raise ValueError("gBCE needs at least two items")
+    alpha = num_negatives / (num_items - 1)
+    return alpha * (t * (1.0 - 1.0 / alpha) + 1.0 / alpha)
+
+
+def gbce_loss(
+    target_logits: torch.Tensor,
+    negative_logits: torch.Tensor,
+    accidental: torch.Tensor,
+    beta: float,
+) -> torch.Tensor:
+    """Generalised binary cross-entropy of gSASRec (Petrov & Macdonald, RecSys 2023):
+    ``-(log sigmoid(s+)^beta + sum_k log(1 - sigmoid(s_k))) / (1 + K)`` per row, then the mean
+    over rows. Raising the positive's probability to ``beta < 1`` undoes the overconfidence that
+    negative sampling teaches BCE. Shapes and ``accidental`` as :func:`sampled_softmax_loss`;
+    an accidental hit adds nothing (the average still divides by 1 + K, as gSASRec's mean)."""
+    positive = beta * F.softplus(-target_logits)  # (N,): -log sigmoid(s)^beta
+    negative = F.softplus(negative_logits).masked_fill(accidental, 0.0)  # -log(1 - sigmoid(s))
+    return ((positive + negative.sum(dim=1)) / (1 + negative_logits.shape[1])).mean()
+
+
 class BERT4Rec(nn.Module):
     """Embeddings, L bidirectional blocks and the tied output head."""
 
@@ -149,19 +219,49 @@ class BERT4Rec(nn.Module):
             h = block(h, attend)
         return h
 
+    def head(self, hidden: torch.Tensor) -> torch.Tensor:
+        """The output head before the item matrix (paper eq. 7): GELU(h W_P + b_P) -> LayerNorm;
+        (N, d) -> (N, d). An item's logit is this dotted with its embedding, plus its bias."""
+        return self.head_norm(F.gelu(self.head_dense(hidden)))
+
     def logits(self, hidden: torch.Tensor) -> torch.Tensor:
         """Item logits (N, num_items) for hidden states (N, d); column j is item j + 1."""
-        h = self.head_norm(F.gelu(self.head_dense(hidden)))
+        h = self.head(hidden)
         items = self.item_embedding.weight[1 : self.config.num_items + 1]  # tied, (n, d)
         return h @ items.T + self.output_bias
 
-    def loss(self, tokens: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-        """Mean cross-entropy over masked positions only (labels > 0); never a softmax at
-        unmasked positions. ``labels`` (B, T) holds the original item where masked, else 0."""
+    def loss(
+        self, tokens: torch.Tensor, labels: torch.Tensor, negatives: NegativeSample | None = None
+    ) -> torch.Tensor:
+        """Mean loss over masked positions only (labels > 0); never a softmax at unmasked
+        positions. ``labels`` (B, T) holds the original item where masked, else 0.
+
+        Without ``negatives``: the paper's cross-entropy over every item. With them: the
+        sampled softmax (or gBCE) against those items only; no (N, num_items) matrix is built.
+        """
         hidden = self.encode(tokens)
         where = labels > 0
-        logits = self.logits(hidden[where])  # (N_masked, n)
-        return F.cross_entropy(logits.float(), labels[where] - 1)
+        if negatives is None:
+            logits = self.logits(hidden[where])  # (N_masked, n)
+            return F.cross_entropy(logits.float(), labels[where] - 1)
+        targets = labels[where]  # (N,)
+        items = negatives.items
+        h = self.head(hidden[where])  # (N, d)
+        # One gather for targets and negatives: its backward writes one dense gradient of the
+        # tied embedding table, not one per gather (256 MB each for a million items at d = 64).
+        rows = self.item_embedding.weight[torch.cat([targets, items])]  # (N + K, d), tied
+        bias = self.output_bias[torch.cat([targets, items]) - 1]  # (N + K,)
+        n = len(targets)
+        # The targets' logits as a batched matmul, so that under autocast they get the same
+        # precision as the negatives' (an elementwise product would stay in fp32).
+        target_logits = (h[:, None, :] @ rows[:n, :, None])[:, 0, 0] + bias[:n]  # (N,)
+        negative_logits = h @ rows[n:].T + bias[n:]  # (N, K)
+        accidental = targets[:, None] == items[None, :]  # (N, K)
+        if negatives.gbce_beta is not None:
+            return gbce_loss(target_logits.float(), negative_logits.float(), accidental,
+                             negatives.gbce_beta)
+        return sampled_softmax_loss(target_logits.float(), negative_logits.float(), accidental,
+                                    negatives.log_expected)
 
     # ------------------------------------------------------------------------------------------
     # Inference: the recommender contract.
@@ -190,6 +290,37 @@ class BERT4Rec(nn.Module):
         self.train(was_training)
         pad = torch.full((len(histories), 1), -math.inf, device=logits.device)
         return torch.cat([pad, logits], dim=1)
+
+    @torch.no_grad()
+    def score_chunks(
+        self, histories: Sequence[np.ndarray], chunk: int
+    ) -> Iterator[tuple[int, torch.Tensor]]:
+        """:meth:`score` in column blocks of at most ``chunk`` item ids, for catalogues whose
+        (B, num_items + 1) matrix is too large: yields ``(start, block)``, block (B, width)
+        float32 on the model's device, column j being item ``start + j`` (id 0, padding, is
+        -inf). Concatenated in order, the blocks are ``score(histories)``; a catalogue that fits
+        in one chunk gets exactly ``score``. The histories are encoded once."""
+        if chunk < 1:
+            raise ValueError("chunk must be >= 1")
+        n = self.config.num_items
+        if n + 1 <= chunk:
+            yield 0, self.score(histories)
+            return
+        was_training = self.training
+        self.eval()
+        tokens = self.inference_tokens(histories).to(self.device)
+        query = self.head(self.encode(tokens)[:, -1])  # (B, d): the [MASK] slot
+        self.train(was_training)
+        weight = self.item_embedding.weight
+        for start in range(0, n + 1, chunk):
+            stop = min(start + chunk, n + 1)
+            first = max(start, 1)  # id 0 is padding, never scored
+            block = query @ weight[first:stop].T + self.output_bias[first - 1 : stop - 1]
+            block = block.float()  # (B, stop - first)
+            if start == 0:
+                pad = torch.full((len(histories), 1), -math.inf, device=block.device)
+                block = torch.cat([pad, block], dim=1)
+            yield start, block
 
     # Run-directory round trip.
     def tensors(self) -> dict[str, torch.Tensor]:

@@ -3,11 +3,15 @@
 A recommender scores every item for a batch of histories (internal item ids, oldest first).
 Column ``i`` of the result is item ``i``; column 0 (padding) is ignored. Everything else, top-k,
 excluding seen items, restricting to candidates, ranking a held-out item, is built on that.
+
+A model may also score in column blocks (:class:`ChunkedRecommender`); top-k and evaluation then
+work block by block, so a batch against a catalogue of millions of items never holds more than
+one block of scores. A catalogue that fits in one block is scored exactly as before.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from typing import Protocol, runtime_checkable
 
 import numpy as np
@@ -26,13 +30,48 @@ class Recommender(Protocol):
         ...
 
 
-def mask_seen(scores: torch.Tensor, histories: Sequence[np.ndarray]) -> torch.Tensor:
-    """Set the score of every history item (and padding) to -inf, in place."""
-    scores[:, 0] = -torch.inf
+# Item ids scored at once by a ChunkedRecommender: 256 histories then hold 64 MiB of scores.
+ITEM_CHUNK = 65_536
+
+
+@runtime_checkable
+class ChunkedRecommender(Recommender, Protocol):
+    """A recommender that can also score a catalogue in column blocks."""
+
+    def score_chunks(
+        self, histories: Sequence[np.ndarray], chunk: int
+    ) -> Iterator[tuple[int, torch.Tensor]]:
+        """``(start, block)`` pairs, block (B, width <= chunk), column j being item
+        ``start + j``; concatenated in order they are ``score(histories)``."""
+        ...
+
+
+def score_blocks(
+    model: Recommender, histories: Sequence[np.ndarray], chunk: int = ITEM_CHUNK
+) -> Iterator[tuple[int, torch.Tensor]]:
+    """The scores of ``histories`` as ``(start, block)`` column blocks: in blocks of at most
+    ``chunk`` items when the model can (:class:`ChunkedRecommender`), else one block."""
+    if isinstance(model, ChunkedRecommender):
+        yield from model.score_chunks(histories, chunk)
+    else:
+        yield 0, model.score(histories)
+
+
+def mask_seen(
+    scores: torch.Tensor, histories: Sequence[np.ndarray], start: int | None = None
+) -> torch.Tensor:
+    """Set the score of every history item (and padding) to -inf, in place. With ``start``,
+    ``scores`` is the block of columns ``start .. start + width - 1`` (see
+    :func:`score_blocks`) and only the history items inside it are masked."""
+    if not start:
+        scores[:, 0] = -torch.inf
     lengths = [len(h) for h in histories]
     if sum(lengths):
         rows = np.repeat(np.arange(len(histories)), lengths)
         cols = np.concatenate([np.asarray(h, dtype=np.int64) for h in histories])
+        if start is not None:
+            inside = (cols >= start) & (cols < start + scores.shape[1])
+            rows, cols = rows[inside], cols[inside] - start
         device = scores.device
         scores[torch.as_tensor(rows, device=device), torch.as_tensor(cols, device=device)] = (
             -torch.inf
@@ -47,11 +86,14 @@ def recommend(
     exclude_seen: bool = True,
     candidates: np.ndarray | None = None,
     batch_size: int = 256,
+    item_chunk: int = ITEM_CHUNK,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Top-k internal item ids and their scores for each history, best first.
 
     ``candidates`` restricts the ranking to those internal ids. Where fewer than ``k`` items are
-    eligible, the rows are padded with id 0 and score -inf.
+    eligible, the rows are padded with id 0 and score -inf. A :class:`ChunkedRecommender` is
+    scored ``item_chunk`` items at a time, keeping a running top-k, so memory is bounded by
+    ``batch_size x item_chunk`` scores whatever the catalogue size.
     """
     ids_out = np.zeros((len(histories), k), dtype=np.int64)
     scores_out = np.full((len(histories), k), -np.inf, dtype=np.float32)
@@ -61,19 +103,30 @@ def recommend(
         allowed[torch.as_tensor(np.asarray(candidates, dtype=np.int64))] = True
     for start in range(0, len(histories), batch_size):
         batch = histories[start : start + batch_size]
+        best: tuple[torch.Tensor, torch.Tensor] | None = None  # (values, ids), each (B, <= k)
         with torch.inference_mode():
-            scores = model.score(batch).float().clone()
-            if exclude_seen:
-                mask_seen(scores, batch)
-            else:
-                scores[:, 0] = -torch.inf
-            if allowed is not None:
-                scores[:, ~allowed.to(scores.device)] = -torch.inf
-            top = torch.topk(scores, min(k, scores.shape[1]), dim=1)
-        n = top.indices.shape[1]
-        values = top.values.cpu().numpy()
-        ids = top.indices.cpu().numpy().copy()
-        ids[~np.isfinite(values)] = 0
-        ids_out[start : start + len(batch), :n] = ids
-        scores_out[start : start + len(batch), :n] = values
+            for offset, block in score_blocks(model, batch, item_chunk):
+                scores = block.float().clone()
+                width = scores.shape[1]
+                if exclude_seen:  # a block, or (start None) the whole catalogue
+                    whole = offset == 0 and width == model.num_items + 1
+                    mask_seen(scores, batch, None if whole else offset)
+                elif offset == 0:
+                    scores[:, 0] = -torch.inf
+                if allowed is not None:
+                    scores[:, ~allowed[offset : offset + width].to(scores.device)] = -torch.inf
+                top = torch.topk(scores, min(k, width), dim=1)
+                values, ids = top.values, top.indices + offset
+                if best is not None:  # merge with the best of the blocks before
+                    values, ids = torch.cat([best[0], values], 1), torch.cat([best[1], ids], 1)
+                    top = torch.topk(values, min(k, values.shape[1]), dim=1)
+                    values, ids = top.values, ids.gather(1, top.indices)
+                best = values, ids
+        assert best is not None
+        n = best[1].shape[1]
+        values_np = best[0].cpu().numpy()
+        ids_np = best[1].cpu().numpy().copy()
+        ids_np[~np.isfinite(values_np)] = 0
+        ids_out[start : start + len(batch), :n] = ids_np
+        scores_out[start : start + len(batch), :n] = values_np
     return ids_out, scores_out

@@ -6,6 +6,13 @@ gradient clipping at global norm 5, batch 256. Replication studies found the pap
 at lr 1e-4 under-train badly; our tuned presets use a higher learning rate and stop early on
 validation NDCG@10 under full ranking (never on the test split).
 
+The loss is the paper's full softmax over every item by default. For large catalogues,
+``loss = "sampled"`` scores each masked position against ``num_negatives`` items drawn once per
+batch in proportion to ``(training count + 1) ** sampling_alpha``, with the logQ correction, and
+``loss = "gbce"`` uses gSASRec's calibrated binary cross-entropy against uniform negatives; see
+:mod:`bert4rec.model`. ``valid_users`` validates on a fixed random share of the users, so that
+early stopping stays cheap on large data.
+
 A checkpoint is written after every epoch into ``RUN_DIR/checkpoint``: weights, best weights,
 optimiser state and every random generator state, in safetensors plus a JSON file. Training
 started again with the same command resumes from it and, with the same seed, thread count and
@@ -33,12 +40,16 @@ from bert4rec.device import resolve_device
 from bert4rec.errors import ConfigError, RunError
 from bert4rec.evaluation import evaluate
 from bert4rec.masking import cloze_mask, gather_windows, window_bounds
-from bert4rec.model import BERT4Rec, BERT4RecConfig
+from bert4rec.model import BERT4Rec, BERT4RecConfig, NegativeSample, gbce_beta
 from bert4rec.runs import atomic_write, write_json
-from bert4rec.split import train_sequences
+from bert4rec.split import eval_cases, train_sequences
 
 CHECKPOINT_DIR = "checkpoint"
 CHECKPOINT_VERSION = 1
+LOSSES = ("softmax", "sampled", "gbce")
+# Settings added after checkpoint version 1: they join a checkpoint's identity only when they
+# differ from their defaults, so checkpoints written before them still resume.
+LATER_SETTINGS = ("loss", "num_negatives", "sampling_alpha", "gbce_t", "valid_users")
 
 
 @dataclass(frozen=True)
@@ -66,8 +77,23 @@ class TrainConfig:
     threads: int | None = None
     precision: str = "fp32"  # or "bf16" (autocast)
     device: str = "auto"  # "cpu", "cuda" or "auto"
+    loss: str = "softmax"  # "softmax" (full, the paper's), "sampled" or "gbce"
+    num_negatives: int = 256  # sampled / gbce: negatives per batch, shared by its positions
+    sampling_alpha: float = 0.5  # sampled: draw by (count + 1) ** alpha; 0 is uniform
+    gbce_t: float = 0.75  # gbce: calibration t (gSASRec's default; 0 is plain BCE)
+    valid_users: int | None = None  # validate on this many users drawn once; None: all
 
     def __post_init__(self) -> None:
+        if self.loss not in LOSSES:
+            raise ConfigError(f"loss must be one of {', '.join(LOSSES)}, not {self.loss!r}")
+        if self.num_negatives < 1:
+            raise ConfigError("num_negatives must be >= 1")
+        if self.sampling_alpha < 0.0:
+            raise ConfigError("sampling_alpha must be >= 0")
+        if not 0.0 <= self.gbce_t <= 1.0:
+            raise ConfigError("gbce_t must be in [0, 1]")
+        if self.valid_users is not None and self.valid_users < 1:
+            raise ConfigError("valid_users must be >= 1 (or left out for all users)")
         if self.precision not in ("fp32", "bf16"):
             raise ConfigError(f"precision must be fp32 or bf16, not {self.precision!r}")
         if self.device not in ("auto", "cpu", "cuda"):
@@ -88,6 +114,30 @@ class TrainConfig:
         if unknown:
             raise ConfigError(f"unknown training setting(s): {', '.join(sorted(unknown))}")
         return cls(**values)
+
+
+@dataclass(frozen=True)
+class NegativeSampler:
+    """Draws negatives i.i.d. with replacement from q(i) proportional to
+    ``(count_i + 1) ** alpha`` over items 1..n. The added one keeps every item drawable, which
+    the logQ correction needs (it divides by q); ``alpha = 0`` is uniform, ``alpha = 1``
+    popularity, as in-batch negatives would be (Yi et al. 2019)."""
+
+    cdf: torch.Tensor  # (n,) float64, cumulative q
+    log_q: torch.Tensor  # (n,) float32
+
+    @classmethod
+    def from_counts(cls, counts: np.ndarray, alpha: float) -> NegativeSampler:
+        """``counts`` (n,): training interactions of items 1..n."""
+        weights = (np.asarray(counts, dtype=np.float64) + 1.0) ** alpha
+        q = weights / weights.sum()
+        return cls(cdf=torch.from_numpy(np.cumsum(q)), log_q=torch.from_numpy(np.log(q)).float())
+
+    def draw(self, k: int, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+        """``k`` item ids (1..n) and the log of their expected counts ``log(k q(i))``."""
+        u = torch.rand(k, generator=generator, dtype=torch.float64) * self.cdf[-1]
+        index = torch.searchsorted(self.cdf, u, right=True).clamp_(max=len(self.cdf) - 1)
+        return index + 1, self.log_q[index] + math.log(k)
 
 
 @dataclass
@@ -164,6 +214,22 @@ class Trainer:
             raise ConfigError("no training sequences: every user has fewer than 3 items")
         base = train.offsets[users]
         self.starts, self.ends = base + starts, base + ends  # positions in train_items
+        self.sampler: NegativeSampler | None = None
+        self.gbce_beta: float | None = None
+        if config.loss != "softmax":
+            counts = np.bincount(self.train_items, minlength=data.num_items + 1)[1:]
+            # gBCE's calibration is derived for uniform negatives, as gSASRec draws them.
+            alpha = config.sampling_alpha if config.loss == "sampled" else 0.0
+            self.sampler = NegativeSampler.from_counts(counts, alpha)
+            if config.loss == "gbce":
+                self.gbce_beta = gbce_beta(config.num_negatives, data.num_items, config.gbce_t)
+        self.valid_users: np.ndarray | None = None
+        if config.valid_users is not None:
+            users = eval_cases(data, "valid").users
+            if config.valid_users < len(users):
+                pick = np.random.default_rng(config.seed).choice(
+                    len(users), config.valid_users, replace=False)
+                self.valid_users = np.sort(users[pick])
         if config.popularity_bias_init:
             counts = np.bincount(self.train_items, minlength=data.num_items + 1)[1:]
             with torch.no_grad():
@@ -226,9 +292,17 @@ class Trainer:
         inputs, labels = cloze_mask(tokens, self.model.config.mask_id, cfg.mask_prob,
                                     cfg.max_predictions, last_only, self.generator)
         inputs, labels = inputs.to(self.device), labels.to(self.device)
+        negatives = None
+        if self.sampler is not None:
+            items, log_expected = self.sampler.draw(cfg.num_negatives, self.generator)
+            negatives = NegativeSample(
+                items=items.to(self.device),
+                log_expected=log_expected.to(self.device) if cfg.loss == "sampled" else None,
+                gbce_beta=self.gbce_beta,
+            )
         with torch.autocast(self.device.type, dtype=torch.bfloat16,
                             enabled=cfg.precision == "bf16"):
-            loss = self.model.loss(inputs, labels)
+            loss = self.model.loss(inputs, labels, negatives)
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(self.model.parameters(), cfg.clip_norm)
@@ -238,7 +312,7 @@ class Trainer:
 
     def validate(self) -> dict[str, float]:
         result = evaluate(self.model, self.data, split="valid", protocol="full", progress=False,
-                          batch_size=512)
+                          batch_size=512, users=self.valid_users)
         return result.metrics
 
     def fit(self) -> TrainResult:
@@ -319,13 +393,16 @@ class Trainer:
     # Checkpoints
 
     def _identity(self) -> dict[str, Any]:
+        defaults = TrainConfig()
+        train = {k: v for k, v in self.config.to_dict().items()
+                 if k not in ("time_budget", "threads", "device", "epochs", "max_steps",
+                              "patience")
+                 and not (k in LATER_SETTINGS and v == getattr(defaults, k))}
         return {
             "version": CHECKPOINT_VERSION,
             "data": self.data.fingerprint,
             "model": self.model.config.to_dict(),
-            "train": {k: v for k, v in self.config.to_dict().items()
-                      if k not in ("time_budget", "threads", "device", "epochs", "max_steps",
-                                   "patience")},
+            "train": train,
         }
 
     def save_checkpoint(self) -> None:
