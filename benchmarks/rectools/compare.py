@@ -1,0 +1,345 @@
+"""Side by side with RecTools: epoch times at one configuration, and the peer's lists scored
+with our metrics.
+
+Runs in our ``.venv``; RecTools runs in ``.venv-rectools`` (``benchmarks/rectools/setup.sh``)
+through ``peer.py``, one process per measurement, and hands back JSON and Parquet files.
+
+**Epoch time.** The configuration of both: ML-1m, d = 64, L = 2 blocks, 2 heads, N = 200,
+dropout 0.2 (hidden and attention), batch 256, lr 1e-3, mask proportion 0.2, full-softmax loss,
+one window (the most recent N items) per user per epoch, fp32, ``--threads`` threads. Ours is
+the ``ml-1m-small`` preset with ``window_step = None`` and ``last_item_prob = 0`` (RecTools has no
+last-item-only samples), timed as the training loop of one epoch (no validation), once as
+shipped (batches bucketed by length) and once without bucketing (every batch padded like
+RecTools'). Measurements are interleaved, round after round, so that a shared machine slows
+all alike; medians are reported.
+
+**Quality.** ``--quality-budget SECONDS`` has ``peer.py`` train each model for that long and
+write every user's top 100 for the test case; ``--recs MODEL=FILE`` scores such files. The
+test item's rank in the list gives HR@k and NDCG@k exactly for k <= 100 (the list is the
+peer's full ranking with seen items removed, the same exclusion our ``full`` protocol makes);
+a test item outside the list is counted at the bottom of the ranking, so MRR is a lower bound,
+exact when every test item is within the top 100 (its upper bound is given beside it).
+``--ours-budget SECONDS`` trains ours at the same settings for that long and evaluates it
+under our ``full`` protocol, for a side by side at equal training time.
+
+    python benchmarks/rectools/compare.py --data ../shared/data/ml-1m/ml-1m.txt \
+        --rounds 3 --epochs 2 --out benchmarks/results/rectools-peer.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+
+from bert4rec.data import Interactions, load_interactions
+from bert4rec.evaluation import METRICS, evaluate, metrics_from_ranks
+from bert4rec.presets import load_preset
+from bert4rec.split import eval_cases
+from bert4rec.training import Trainer
+
+ROOT = Path(__file__).resolve().parents[2]
+PEER = Path(__file__).resolve().parent / "peer.py"
+PEER_PYTHON = ROOT / ".venv-rectools" / "bin" / "python"
+PEER_MODELS = ("bert4rec", "sasrec")
+TOP_K = 100
+
+# The ml-1m-small preset moved to the configuration RecTools runs: see the module docstring.
+OURS = {"window_step": None, "hidden_dropout": 0.2, "attention_dropout": 0.2,
+        "batch_size": 256, "lr": 1e-3, "mask_prob": 0.2, "max_predictions": 40,
+        "last_item_prob": 0.0, "max_len": 200, "hidden_size": 64, "num_layers": 2,
+        "num_heads": 2, "precision": "fp32", "device": "cpu", "time_budget": None}
+
+
+# ----------------------------------------------------------------------------------------------
+# Provenance
+
+
+def machine() -> dict[str, Any]:
+    cpu = ""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return {"platform": platform.platform(), "cpu": cpu, "cores": os.cpu_count(),
+            "python": platform.python_version(), "numpy": np.__version__,
+            "torch": torch.__version__}
+
+
+def git_state() -> dict[str, Any]:
+    def git(*args: str) -> str:
+        try:
+            return subprocess.run(["git", *args], cwd=ROOT, capture_output=True, text=True,
+                                  check=False).stdout
+        except OSError:
+            return ""
+
+    commit = git("rev-parse", "HEAD").strip()
+    if len(commit) != 40:
+        return {"commit": "unknown", "dirty": None}
+    changed = [line[3:] for line in git("status", "--porcelain", "--untracked-files=no")
+               .splitlines()]
+    untracked = [line[3:] for line in git("status", "--porcelain", "--untracked-files=all",
+                                          "--", "benchmarks/rectools").splitlines()
+                 if line.startswith("??")]
+    return {"commit": commit, "dirty": bool(changed), "changed_files": changed,
+            "untracked_benchmark_files": untracked}
+
+
+# ----------------------------------------------------------------------------------------------
+# Epoch times
+
+
+def run_peer(arguments: list[str], log: Path) -> None:
+    """Run ``peer.py`` in the RecTools environment; its output goes to ``log``."""
+    if not PEER_PYTHON.exists():
+        sys.exit(f"{PEER_PYTHON} not found: run `bash benchmarks/rectools/setup.sh` first")
+    with open(log, "a") as out:
+        out.write(f"$ peer.py {' '.join(arguments)}\n")
+        out.flush()
+        done = subprocess.run([str(PEER_PYTHON), str(PEER), *arguments], cwd=ROOT,
+                              stdout=out, stderr=subprocess.STDOUT, check=False)
+    if done.returncode != 0:
+        sys.exit(f"peer.py failed (exit {done.returncode}); see {log}")
+
+
+def peer_epochs(args: argparse.Namespace, model: str, log: Path) -> dict[str, Any]:
+    with tempfile.TemporaryDirectory() as folder:
+        out = Path(folder) / "epochs.json"
+        run_peer(["--data", args.data, "--model", model, "--mode", "epoch-time",
+                  "--epochs", str(args.epochs), "--threads", str(args.threads),
+                  "--out", str(out)], log)
+        return json.loads(out.read_text())
+
+
+def our_trainer(data: Interactions, bucket: bool, threads: int,
+                budget: float | None = None) -> Trainer:
+    preset = load_preset("ml-1m-small", {**OURS, "bucket_by_length": bucket, "threads": threads,
+                                         "time_budget": budget})
+    return Trainer(data, preset.model_config(data.num_items), preset.train, progress=False)
+
+
+def our_epoch(trainer: Trainer) -> float:
+    """Seconds of one training epoch: every batch of ``epoch_batches``, no validation."""
+    trainer.model.train()
+    started = time.perf_counter()
+    for batch in trainer.epoch_batches():
+        trainer.train_step(batch)
+    return time.perf_counter() - started
+
+
+def epoch_times(args: argparse.Namespace, data: Interactions, log: Path,
+                save: Callable[[dict[str, Any]], None]) -> dict[str, Any]:
+    """Interleaved epoch times; ``save`` gets the summary so far after every round."""
+    ours = {"ours (bucketed)": our_trainer(data, True, args.threads),
+            "ours (unbucketed)": our_trainer(data, False, args.threads)}
+    for trainer in ours.values():  # warm-up: first-call allocations are not an epoch's cost
+        trainer.train_step(trainer.epoch_batches()[0])
+    labels = [f"rectools {m}" for m in args.models] + list(ours)
+    seconds: dict[str, list[float]] = {label: [] for label in labels}
+    peer_reports: dict[str, list[dict[str, Any]]] = {m: [] for m in args.models}
+    for round_ in range(args.rounds):
+        order = labels if round_ % 2 == 0 else labels[::-1]  # alternate who goes first
+        for label in order:
+            if label.startswith("rectools "):
+                model = label.removeprefix("rectools ")
+                report = peer_epochs(args, model, log)
+                peer_reports[model].append(report)
+                seconds[label] += report["epoch_seconds"]
+            else:
+                seconds[label] += [our_epoch(ours[label]) for _ in range(args.epochs)]
+            print(f"round {round_ + 1}/{args.rounds} {label}: "
+                  f"{', '.join(f'{s:.1f}' for s in seconds[label][-args.epochs:])} s/epoch "
+                  f"(load {os.getloadavg()[0]:.1f})", flush=True)
+        save(summarise_epochs(args, seconds, ours, peer_reports, rounds_done=round_ + 1))
+    return summarise_epochs(args, seconds, ours, peer_reports, rounds_done=args.rounds)
+
+
+def summarise_epochs(args: argparse.Namespace, seconds: dict[str, list[float]],
+                     ours: dict[str, Trainer], peer_reports: dict[str, list[dict[str, Any]]],
+                     rounds_done: int) -> dict[str, Any]:
+    medians = {label: statistics.median(values) for label, values in seconds.items()}
+    base = medians["ours (bucketed)"]
+    rows = {
+        label: {"median_epoch_seconds": round(medians[label], 2),
+                "ratio_to_ours_bucketed": round(medians[label] / base, 2),
+                "epoch_seconds": [round(s, 2) for s in seconds[label]]}
+        for label in seconds
+    }
+    for label, trainer in ours.items():
+        rows[label]["steps_per_epoch"] = trainer.steps_per_epoch
+    for model, reports in peer_reports.items():
+        rows[f"rectools {model}"]["steps_per_epoch"] = reports[0]["steps_per_epoch"]
+        rows[f"rectools {model}"]["versions"] = reports[0]["versions"]
+        rows[f"rectools {model}"]["config"] = reports[0]["config"]
+    return {"rounds": rounds_done, "epochs_per_round": args.epochs, "threads": args.threads,
+            "ours_settings": {"preset": "ml-1m-small", **OURS}, "rows": rows}
+
+
+# ----------------------------------------------------------------------------------------------
+# Quality of the peer's lists
+
+
+def score_recommendations(data: Interactions, path: Path) -> dict[str, Any]:
+    """Our full-ranking metrics from a peer's top-k lists of the test case (see the module
+    docstring for what is exact and what is a bound)."""
+    recs = pd.read_parquet(path)
+    missing = {"user", "item", "rank"} - set(recs.columns)
+    if missing:
+        sys.exit(f"{path}: no column(s) {', '.join(sorted(missing))}")
+    cases = eval_cases(data, "test")
+    histories = cases.histories(data.items, np.arange(len(cases)))
+    frame = pd.DataFrame({"user": data.user_ids[cases.users],
+                          "item": data.vocab.item_ids[cases.targets - 1]})
+    found = frame.merge(recs[["user", "item", "rank"]], on=["user", "item"], how="left")
+    rank = found["rank"].to_numpy(dtype=np.float64)  # 1-based, NaN where not listed
+    listed = ~np.isnan(rank)
+    # Candidates in our full protocol: every item but the user's history (the target stays).
+    candidates = np.array([data.num_items - len(np.setdiff1d(h, [t]))
+                           for h, t in zip(histories, cases.targets.tolist(), strict=True)])
+    greater_low = np.where(listed, np.nan_to_num(rank) - 1, candidates - 1).astype(np.int64)
+    greater_high = np.where(listed, np.nan_to_num(rank) - 1, TOP_K).astype(np.int64)
+    ties = np.zeros(len(cases), dtype=np.int64)
+    low = metrics_from_ranks(greater_low, ties)
+    high = metrics_from_ranks(greater_high, ties, names=["MRR"])
+    item_index = data.vocab.index
+    seen_in_lists = 0
+    by_user = recs.groupby("user")["item"].agg(list)
+    for user, history in zip(frame["user"].tolist(), histories, strict=True):
+        listed_items = by_user.get(user, [])
+        internal = np.array([item_index[i] for i in listed_items], dtype=np.int64)
+        seen_in_lists += int(np.isin(internal, history).sum())
+    repeats = sum(int(t in set(h.tolist())) for h, t in zip(histories, cases.targets.tolist(),
+                                                           strict=True))
+    return {
+        "file": str(path),
+        "users": len(cases),
+        "users_with_list": int(recs["user"].nunique()),
+        "list_length_min": int(recs.groupby("user").size().min()),
+        "targets_in_list": round(float(listed.mean()), 4),
+        "history_items_in_lists": seen_in_lists,
+        "targets_repeating_a_history_item": repeats,
+        "metrics": {m: round(float(low[m].mean()), 6) for m in METRICS},
+        "MRR_upper_bound": round(float(high["MRR"].mean()), 6),
+    }
+
+
+def our_quality(args: argparse.Namespace, data: Interactions) -> dict[str, Any]:
+    """Ours at the same settings and training budget as the peer, scored on the test split.
+    As shipped, it validates every ``eval_every`` epochs (outside the budget), keeps the best
+    validation weights and decays the learning rate to zero when the budget ends."""
+    trainer = our_trainer(data, True, args.threads, budget=args.ours_budget)
+    started = time.perf_counter()
+    result = trainer.fit()
+    wall = time.perf_counter() - started
+    test = evaluate(result.model, data, split="test", protocol="full", progress=False)
+    print(f"ours: full HR@10 {test.metrics['HR@10']:.4f} NDCG@10 {test.metrics['NDCG@10']:.4f} "
+          f"after {result.state.epoch} epochs", flush=True)
+    return {"budget_seconds": args.ours_budget, "epochs": result.state.epoch,
+            "best_epoch": result.state.best_epoch, "stopped": result.state.stopped,
+            "train_seconds": round(result.state.elapsed, 1), "wall_seconds": round(wall, 1),
+            "metrics": {m: round(v, 6) for m, v in test.metrics.items()},
+            "settings": {"preset": "ml-1m-small", **OURS, "time_budget": args.ours_budget}}
+
+
+def quality(args: argparse.Namespace, data: Interactions, log: Path) -> dict[str, Any]:
+    files = dict(item.split("=", 1) for item in args.recs)
+    runs: dict[str, Any] = {}
+    if args.quality_budget:
+        folder = Path(args.runs)
+        folder.mkdir(parents=True, exist_ok=True)
+        for model in args.models:
+            out = folder / f"{model}-test-top{TOP_K}.parquet"
+            run_peer(["--data", args.data, "--model", model, "--mode", "quality",
+                      "--time-budget", str(args.quality_budget), "--threads", str(args.threads),
+                      "--out", str(out)], log)
+            files[model] = str(out)
+    for model, file in files.items():
+        path = Path(file)
+        info = path.with_suffix(".json")
+        scored = score_recommendations(data, path)
+        if info.exists():
+            peer = json.loads(info.read_text())
+            scored["peer"] = {k: peer[k] for k in ("budget_seconds", "epochs", "fit_seconds",
+                                                   "recommend_seconds", "history_items_unknown",
+                                                   "versions", "config", "command") if k in peer}
+        runs[model] = scored
+        print(f"rectools {model}: full HR@10 {scored['metrics']['HR@10']:.4f} "
+              f"NDCG@10 {scored['metrics']['NDCG@10']:.4f}; target in top {TOP_K}: "
+              f"{scored['targets_in_list']:.1%}", flush=True)
+    return runs
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--data", required=True, help="the paper's ml-1m.txt")
+    parser.add_argument("--models", nargs="+", choices=PEER_MODELS, default=list(PEER_MODELS))
+    parser.add_argument("--rounds", type=int, default=3, help="epoch-time rounds (0: none)")
+    parser.add_argument("--epochs", type=int, default=2, help="epochs per model and round")
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--quality-budget", type=float, default=0.0,
+                        help="seconds of peer training per model before its lists (0: none)")
+    parser.add_argument("--ours-budget", type=float, default=0.0,
+                        help="seconds of training for ours at the same settings (0: none)")
+    parser.add_argument("--recs", action="append", default=[],
+                        help="MODEL=FILE: score a peer's top-k Parquet file (repeatable)")
+    parser.add_argument("--runs", default="runs/rectools", help="where the peer's lists go")
+    parser.add_argument("--log", default="runs/rectools/peer.log")
+    parser.add_argument("--out", default="benchmarks/results/rectools-peer.json")
+    args = parser.parse_args()
+    for item in args.recs:
+        if "=" not in item:
+            parser.error(f"--recs expects MODEL=FILE, got {item!r}")
+    torch.set_num_threads(args.threads)
+    started = datetime.now(UTC)
+    log = Path(args.log)
+    log.parent.mkdir(parents=True, exist_ok=True)
+    data = load_interactions(args.data)
+    report: dict[str, Any] = {
+        "command": " ".join([Path(sys.executable).name, *sys.argv]),
+        **git_state(),
+        "date": started.isoformat(timespec="seconds"),
+        "machine": machine(),
+        "load_average_start": [round(x, 2) for x in os.getloadavg()],
+        "data": args.data,
+        "data_summary": {k: v for k, v in data.describe().items() if k != "source"},
+    }
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+
+    def save(epoch_time: dict[str, Any]) -> None:  # partial results survive an interruption
+        out.write_text(json.dumps({**report, "epoch_time": epoch_time}, indent=2) + "\n")
+
+    if args.rounds > 0:
+        report["epoch_time"] = epoch_times(args, data, log, save)
+    if args.quality_budget or args.recs:
+        report["quality"] = quality(args, data, log)
+    if args.ours_budget:
+        report.setdefault("quality", {})["ours bert4rec"] = our_quality(args, data)
+    report["load_average_end"] = [round(x, 2) for x in os.getloadavg()]
+    report["wall_seconds"] = round((datetime.now(UTC) - started).total_seconds(), 1)
+    out.write_text(json.dumps(report, indent=2) + "\n")
+    for label, row in report.get("epoch_time", {}).get("rows", {}).items():
+        print(f"{label}: median {row['median_epoch_seconds']:.1f} s/epoch, "
+              f"{row['ratio_to_ours_bucketed']:.2f}x ours (bucketed)")
+
+
+if __name__ == "__main__":
+    main()
