@@ -13,8 +13,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
 import statistics
 import subprocess
 import sys
@@ -26,45 +24,10 @@ from typing import Any
 
 import pandas as pd
 
+from bert4rec.benchmark import commit_info, machine_info
 from bert4rec.evaluation import METRICS, bootstrap_ci
 
 ROOT = Path(__file__).resolve().parent.parent
-
-
-def machine() -> dict[str, Any]:
-    cpu = ""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    info: dict[str, Any] = {"platform": platform.platform(), "cpu": cpu, "cores": os.cpu_count()}
-    try:
-        import torch
-
-        if torch.cuda.is_available():
-            info["gpu"] = torch.cuda.get_device_name(0)
-        info["torch"] = torch.__version__
-    except ImportError:
-        pass
-    return info
-
-
-def git_commit() -> dict[str, Any]:
-    def run(*cmd: str) -> str:
-        try:
-            return subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True,
-                                  check=False).stdout.strip()
-        except OSError:
-            return ""
-
-    commit = run("git", "rev-parse", "HEAD")
-    if len(commit) != 40:  # a copy of the tree without its history: the caller says which
-        return {"commit": os.environ.get("BERT4REC_COMMIT", "unknown"), "dirty": None}
-    return {"commit": commit,
-            "dirty": bool(run("git", "status", "--porcelain", "--untracked-files=no"))}
 
 
 def one_seed(args: argparse.Namespace, seed: int) -> dict[str, Any]:
@@ -142,9 +105,9 @@ def main() -> None:
         seeds = list(pool.map(lambda s: one_seed(args, s), args.seeds))
     report = {
         "command": " ".join([Path(sys.executable).name, *sys.argv]),
-        **git_commit(),
+        **commit_info(),
         "date": started.isoformat(timespec="seconds"),
-        "machine": machine(),
+        "machine": machine_info(),
         "data": args.data,
         "preset": args.preset,
         "overrides": args.set,
