@@ -16,6 +16,7 @@ import json
 import statistics
 import subprocess
 import sys
+import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
@@ -49,8 +50,7 @@ def one_seed(args: argparse.Namespace, seed: int) -> dict[str, Any]:
     wall = time.perf_counter() - started
     run_info = json.loads((run_dir / "run.json").read_text())
     out: dict[str, Any] = {"seed": seed, "wall_seconds": round(wall, 1),
-                           "train": {k: v for k, v in run_info["metrics"].items()
-                                     if k != "history"},
+                           "train": run_info["metrics"],
                            "config": run_info["config"], "log": str(log_path)}
     for protocol in ("full", "popularity"):
         per_user = run_dir / f"test-{protocol}.parquet"
@@ -101,9 +101,7 @@ def main() -> None:
     args = parser.parse_args()
     args.name = args.name or args.preset
     started = datetime.now(UTC)
-    with ThreadPoolExecutor(max_workers=args.parallel) as pool:
-        seeds = list(pool.map(lambda s: one_seed(args, s), args.seeds))
-    report = {
+    report: dict[str, Any] = {
         "command": " ".join([Path(sys.executable).name, *sys.argv]),
         **commit_info(),
         "date": started.isoformat(timespec="seconds"),
@@ -111,12 +109,22 @@ def main() -> None:
         "data": args.data,
         "preset": args.preset,
         "overrides": args.set,
-        "seeds": seeds,
-        "summary": summarise(seeds),
+        "seeds": [],
     }
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(report, indent=2) + "\n")
+    lock = threading.Lock()
+
+    def run(seed: int) -> None:
+        result = one_seed(args, seed)
+        with lock:  # each finished seed is on disk at once, so a cut-off run keeps it
+            report["seeds"] = sorted([*report["seeds"], result], key=lambda s: s["seed"])
+            report["summary"] = summarise(report["seeds"])
+            out.write_text(json.dumps(report, indent=2) + "\n")
+
+    with ThreadPoolExecutor(max_workers=args.parallel) as pool:
+        list(pool.map(run, args.seeds))
+    seeds = report["seeds"]
     for protocol in ("full", "popularity"):
         s = report["summary"][protocol]
         print(f"{args.name} {protocol}: NDCG@10 {s['NDCG@10']['mean']:.4f} +- "
