@@ -159,3 +159,16 @@ def test_weight_decay_skips_layer_norm_and_biases() -> None:
     assert all("norm" not in names[id(p)] and not names[id(p)].endswith("bias")
                for p in decay["params"])
     assert any(names[id(p)] == "output_bias" for p in no_decay["params"])
+
+
+def test_popularity_bias_init_starts_at_training_frequencies() -> None:
+    data = planted()
+    trainer = Trainer(data, small_model(data.num_items), quick(popularity_bias_init=True),
+                      progress=False)
+    bias = trainer.model.output_bias.detach().numpy()
+    counts = np.bincount(trainer.train_items, minlength=data.num_items + 1)[1:]
+    # Ordered as the training counts (the held-out items are not counted), centred at zero.
+    expected = np.log(counts + 1.0)
+    np.testing.assert_allclose(bias, expected - expected.mean(), rtol=1e-5, atol=1e-6)
+    untouched = Trainer(data, small_model(data.num_items), quick(), progress=False)
+    assert not untouched.model.output_bias.detach().abs().sum().item()
