@@ -11,8 +11,10 @@ import torch
 
 from bert4rec import evaluation, training
 from bert4rec.data import PrepareOptions, prepare_frame
+from bert4rec.errors import ConfigError
 from bert4rec.evaluation import evaluate
 from bert4rec.model import BERT4RecConfig
+from bert4rec.presets import load_preset, parse_assignment
 from bert4rec.synthetic import generate
 from bert4rec.training import TrainConfig, Trainer, lr_factor
 
@@ -172,3 +174,14 @@ def test_popularity_bias_init_starts_at_training_frequencies() -> None:
     np.testing.assert_allclose(bias, expected - expected.mean(), rtol=1e-5, atol=1e-6)
     untouched = Trainer(data, small_model(data.num_items), quick(), progress=False)
     assert not untouched.model.output_bias.detach().abs().sum().item()
+
+
+@pytest.mark.parametrize("step", [0, -1, False, 2.5, "5"])
+def test_window_step_rejects_what_is_not_a_step(step: object) -> None:
+    with pytest.raises(ConfigError, match="window_step"):
+        quick(window_step=step)
+
+
+def test_window_step_none_from_the_command_line() -> None:
+    assert parse_assignment("window_step=none") == ("window_step", None)
+    assert load_preset("ml-1m", {"window_step": None}).train.window_step is None

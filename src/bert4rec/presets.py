@@ -89,4 +89,6 @@ def parse_assignment(text: str) -> tuple[str, Any]:
         parsed = tomllib.loads(f"v = {value.strip()}")["v"]
     except tomllib.TOMLDecodeError:
         parsed = value.strip()  # a bare word is a string
+    if isinstance(parsed, str) and parsed.lower() == "none":
+        return key.strip(), None  # TOML has no null: `key=none` unsets an optional setting
     return key.strip(), parsed

@@ -102,6 +102,11 @@ class TrainConfig:
             raise ConfigError("mask_prob must be in (0, 1]")
         if not 0.0 <= self.last_item_prob <= 1.0:
             raise ConfigError("last_item_prob must be in [0, 1]")
+        if self.window_step is not None and (
+                isinstance(self.window_step, bool) or not isinstance(self.window_step, int)
+                or self.window_step < 1):
+            raise ConfigError(f"window_step must be a whole number >= 1, or none for one window "
+                              f"(the most recent) per user, not {self.window_step!r}")
         if self.batch_size < 1 or self.epochs < 1 or self.eval_every < 1:
             raise ConfigError("batch_size, epochs and eval_every must be >= 1")
 
