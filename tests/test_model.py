@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 
-from bert4rec.model import BERT4Rec, BERT4RecConfig
+from bert4rec.model import BERT4Rec, BERT4RecConfig, DropoutMasks, attention, dropout
 
 
 def tiny(num_items: int = 20, **overrides: object) -> BERT4Rec:
@@ -131,3 +134,38 @@ def test_truncated_normal_init() -> None:
 def test_config_rejects_unknown_keys() -> None:
     with pytest.raises(ValueError, match="unknown model setting"):
         BERT4RecConfig.from_dict({"num_items": 3, "hidden": 4})
+
+
+def test_cpu_dropout_masks_are_seeded_and_keep_the_right_share() -> None:
+    shape = torch.Size([400, 500])
+    a, b = DropoutMasks(3), DropoutMasks(3)
+    keep = a.keep(shape, 0.2)
+    assert torch.equal(keep, b.keep(shape, 0.2))
+    assert abs(keep.float().mean().item() - 0.8) < 0.005
+    assert not torch.equal(keep, a.keep(shape, 0.2))  # fresh masks every call
+    restored = DropoutMasks(0)
+    restored.set_state(json.loads(json.dumps(a.get_state())))
+    assert torch.equal(a.keep(shape, 0.5), restored.keep(shape, 0.5))
+
+
+def test_cpu_dropout_scales_kept_values_and_their_gradients() -> None:
+    x = torch.randn(50, 60, requires_grad=True)
+    y = dropout(x, 0.25, True, DropoutMasks(0))
+    kept = y != 0
+    torch.testing.assert_close(y[kept], x[kept] / 0.75)
+    y.sum().backward()
+    assert x.grad is not None
+    torch.testing.assert_close(x.grad, kept.float() / 0.75)
+    assert dropout(x, 0.25, False, DropoutMasks(0)) is x  # off outside training
+
+
+def test_written_out_attention_matches_the_fused_kernel(monkeypatch: pytest.MonkeyPatch) -> None:
+    torch.manual_seed(0)
+    q, k, v = (torch.randn(3, 2, 7, 4) for _ in range(3))
+    attend = torch.ones(3, 1, 1, 7, dtype=torch.bool)
+    attend[0, ..., :3] = False  # left padding
+    masks = DropoutMasks(0)
+    monkeypatch.setattr(masks, "keep", lambda shape, p: torch.ones(shape, dtype=torch.bool))
+    fused = F.scaled_dot_product_attention(q, k, v, attn_mask=attend)
+    # With every element kept, dropout only rescales by 1 / (1 - p).
+    torch.testing.assert_close(attention(q, k, v, attend, 0.2, masks) * 0.8, fused)

@@ -40,7 +40,7 @@ from bert4rec.device import resolve_device
 from bert4rec.errors import ConfigError, RunError
 from bert4rec.evaluation import evaluate
 from bert4rec.masking import cloze_mask, gather_windows, window_bounds
-from bert4rec.model import BERT4Rec, BERT4RecConfig, NegativeSample, gbce_beta
+from bert4rec.model import BERT4Rec, BERT4RecConfig, DropoutMasks, NegativeSample, gbce_beta
 from bert4rec.runs import atomic_write, write_json
 from bert4rec.split import eval_cases, train_sequences
 
@@ -211,6 +211,7 @@ class Trainer:
         torch.manual_seed(config.seed)
         self.generator = torch.Generator().manual_seed(config.seed)
         self.model = BERT4Rec(model_config).to(self.device)
+        self.model.dropout_masks.set_state(DropoutMasks(config.seed).get_state())
         train = train_sequences(data)
         self.train_items = train.items.astype(np.int64)
         users, starts, ends = window_bounds(train.lengths, model_config.max_len,
@@ -429,6 +430,7 @@ class Trainer:
             tensors["rng.cuda"] = torch.cuda.get_rng_state(self.device)
         meta = {
             "identity": self._identity(),
+            "dropout_masks": self.model.dropout_masks.get_state(),
             "state": asdict(self.state),
             "param_groups": [{k: v for k, v in g.items() if k != "params"}
                              for g in optimizer["param_groups"]],
@@ -467,6 +469,8 @@ class Trainer:
         self.optimizer.load_state_dict({"state": optim_state, "param_groups": groups})
         torch.set_rng_state(tensors["rng.torch"])
         self.generator.set_state(tensors["rng.data"])
+        if "dropout_masks" in meta:
+            self.model.dropout_masks.set_state(meta["dropout_masks"])
         if "rng.cuda" in tensors and self.device.type == "cuda":
             torch.cuda.set_rng_state(tensors["rng.cuda"], self.device)
         self.state = TrainState(**meta["state"])
