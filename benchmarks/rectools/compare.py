@@ -6,10 +6,11 @@ through ``peer.py``, one process per measurement, and hands back JSON and Parque
 
 **Epoch time.** The configuration of both: ML-1m, d = 64, L = 2 blocks, 2 heads, N = 200,
 dropout 0.2 (hidden and attention), batch 256, lr 1e-3, mask proportion 0.2, full-softmax loss,
-one window (the most recent N items) per user per epoch, fp32, ``--threads`` threads. Ours is
+one window (the most recent N items) per user per epoch, ``--threads`` threads; RecTools in
+fp32 (as it ships), ours in fp32 and in bf16 autocast (``--precisions``). Ours is
 the ``ml-1m-small`` preset with ``window_step = None`` and ``last_item_prob = 0`` (RecTools has no
-last-item-only samples), timed as the training loop of one epoch (no validation), once as
-shipped (batches bucketed by length) and once without bucketing (every batch padded like
+last-item-only samples), timed as the training loop of one epoch (no validation), with
+batches bucketed by length as shipped (``--unbucketed`` adds a run with every batch padded like
 RecTools'). Measurements are interleaved, round after round, so that a shared machine slows
 all alike; medians are reported.
 
@@ -31,7 +32,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import statistics
 import subprocess
 import sys
@@ -46,6 +46,7 @@ import numpy as np
 import pandas as pd
 import torch
 
+from bert4rec.benchmark import commit_info, machine_info
 from bert4rec.data import Interactions, load_interactions
 from bert4rec.evaluation import METRICS, evaluate, metrics_from_ranks
 from bert4rec.presets import load_preset
@@ -63,44 +64,6 @@ OURS = {"window_step": None, "hidden_dropout": 0.2, "attention_dropout": 0.2,
         "batch_size": 256, "lr": 1e-3, "mask_prob": 0.2, "max_predictions": 40,
         "last_item_prob": 0.0, "max_len": 200, "hidden_size": 64, "num_layers": 2,
         "num_heads": 2, "precision": "fp32", "device": "cpu", "time_budget": None}
-
-
-# ----------------------------------------------------------------------------------------------
-# Provenance
-
-
-def machine() -> dict[str, Any]:
-    cpu = ""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return {"platform": platform.platform(), "cpu": cpu, "cores": os.cpu_count(),
-            "python": platform.python_version(), "numpy": np.__version__,
-            "torch": torch.__version__}
-
-
-def git_state() -> dict[str, Any]:
-    def git(*args: str) -> str:
-        try:
-            return subprocess.run(["git", *args], cwd=ROOT, capture_output=True, text=True,
-                                  check=False).stdout
-        except OSError:
-            return ""
-
-    commit = git("rev-parse", "HEAD").strip()
-    if len(commit) != 40:
-        return {"commit": "unknown", "dirty": None}
-    changed = [line[3:] for line in git("status", "--porcelain", "--untracked-files=no")
-               .splitlines()]
-    untracked = [line[3:] for line in git("status", "--porcelain", "--untracked-files=all",
-                                          "--", "benchmarks/rectools").splitlines()
-                 if line.startswith("??")]
-    return {"commit": commit, "dirty": bool(changed), "changed_files": changed,
-            "untracked_benchmark_files": untracked}
 
 
 # ----------------------------------------------------------------------------------------------
@@ -130,9 +93,9 @@ def peer_epochs(args: argparse.Namespace, model: str, log: Path) -> dict[str, An
 
 
 def our_trainer(data: Interactions, bucket: bool, threads: int,
-                budget: float | None = None) -> Trainer:
+                budget: float | None = None, precision: str = "fp32") -> Trainer:
     preset = load_preset("ml-1m-small", {**OURS, "bucket_by_length": bucket, "threads": threads,
-                                         "time_budget": budget})
+                                         "time_budget": budget, "precision": precision})
     return Trainer(data, preset.model_config(data.num_items), preset.train, progress=False)
 
 
@@ -148,8 +111,11 @@ def our_epoch(trainer: Trainer) -> float:
 def epoch_times(args: argparse.Namespace, data: Interactions, log: Path,
                 save: Callable[[dict[str, Any]], None]) -> dict[str, Any]:
     """Interleaved epoch times; ``save`` gets the summary so far after every round."""
-    ours = {"ours (bucketed)": our_trainer(data, True, args.threads),
-            "ours (unbucketed)": our_trainer(data, False, args.threads)}
+    ours = {f"ours ({precision}, bucketed)": our_trainer(data, True, args.threads,
+                                                          precision=precision)
+            for precision in args.precisions}
+    if args.unbucketed:
+        ours["ours (fp32, unbucketed)"] = our_trainer(data, False, args.threads)
     for trainer in ours.values():  # warm-up: first-call allocations are not an epoch's cost
         trainer.train_step(trainer.epoch_batches()[0])
     labels = [f"rectools {m}" for m in args.models] + list(ours)
@@ -176,13 +142,15 @@ def summarise_epochs(args: argparse.Namespace, seconds: dict[str, list[float]],
                      ours: dict[str, Trainer], peer_reports: dict[str, list[dict[str, Any]]],
                      rounds_done: int) -> dict[str, Any]:
     medians = {label: statistics.median(values) for label, values in seconds.items()}
-    base = medians["ours (bucketed)"]
-    rows = {
+    ours_labels = [label for label in seconds if label.startswith("ours")]
+    rows: dict[str, dict[str, Any]] = {
         label: {"median_epoch_seconds": round(medians[label], 2),
-                "ratio_to_ours_bucketed": round(medians[label] / base, 2),
                 "epoch_seconds": [round(s, 2) for s in seconds[label]]}
         for label in seconds
     }
+    for label in seconds:  # how many times as long as each of ours, by the medians
+        rows[label]["times_ours"] = {o: round(medians[label] / medians[o], 2)
+                                     for o in ours_labels}
     for label, trainer in ours.items():
         rows[label]["steps_per_epoch"] = trainer.steps_per_epoch
     for model, reports in peer_reports.items():
@@ -294,6 +262,10 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3, help="epoch-time rounds (0: none)")
     parser.add_argument("--epochs", type=int, default=2, help="epochs per model and round")
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--precisions", nargs="+", choices=("fp32", "bf16"),
+                        default=["fp32", "bf16"], help="our precisions to time (RecTools: fp32)")
+    parser.add_argument("--unbucketed", action="store_true",
+                        help="also time ours with every batch padded to its longest window")
     parser.add_argument("--quality-budget", type=float, default=0.0,
                         help="seconds of peer training per model before its lists (0: none)")
     parser.add_argument("--ours-budget", type=float, default=0.0,
@@ -314,9 +286,9 @@ def main() -> None:
     data = load_interactions(args.data)
     report: dict[str, Any] = {
         "command": " ".join([Path(sys.executable).name, *sys.argv]),
-        **git_state(),
+        **commit_info(),
         "date": started.isoformat(timespec="seconds"),
-        "machine": machine(),
+        "machine": machine_info(),
         "load_average_start": [round(x, 2) for x in os.getloadavg()],
         "data": args.data,
         "data_summary": {k: v for k, v in data.describe().items() if k != "source"},
@@ -337,8 +309,8 @@ def main() -> None:
     report["wall_seconds"] = round((datetime.now(UTC) - started).total_seconds(), 1)
     out.write_text(json.dumps(report, indent=2) + "\n")
     for label, row in report.get("epoch_time", {}).get("rows", {}).items():
-        print(f"{label}: median {row['median_epoch_seconds']:.1f} s/epoch, "
-              f"{row['ratio_to_ours_bucketed']:.2f}x ours (bucketed)")
+        times = ", ".join(f"{ratio:.2f}x {other}" for other, ratio in row["times_ours"].items())
+        print(f"{label}: median {row['median_epoch_seconds']:.1f} s/epoch, {times}")
 
 
 if __name__ == "__main__":
