@@ -67,7 +67,7 @@ class BERT4RecConfig:
 
 # ----------------------------------------------------------------------------------------------
 # Dropout on the CPU. torch's ``bernoulli_`` draws each mask element from a Mersenne Twister: at
-# N = 200 the attention-probability masks (B, heads, T, T) alone took a seventh of a training
+# N = 200 the attention-probability masks (B, heads, T, T) alone took an eighth of a training
 # step. These masks come from numpy's SFC64 generator, 16 random bits per element (keep
 # probability exact to 1/65536), about twenty times faster; on a GPU torch's own dropout is kept.
 
