@@ -2,7 +2,8 @@
 against 1 process x N threads, in interleaved rounds (the machine may be shared and noisy).
 
 Each run is the package's CLI for one epoch; the epoch time is the run's own training clock
-(``history[0].elapsed``: first batch to last, no validation, no data preparation).
+(``history[0].elapsed``: first batch to last, no validation, no data preparation). Each run
+records the machine's 1-minute load average before and after it.
 
     BERT4REC_CACHE=/tmp/b4cache python benchmarks/ddp_cpu.py --data ml-1m.txt \
         --preset ml-1m-small --rounds 2 --out benchmarks/results/ddp-cpu.json
@@ -12,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import socket
 import statistics
 import subprocess
@@ -43,14 +45,17 @@ def one_run(args: argparse.Namespace, processes: int) -> dict[str, Any]:
     else:
         command = [sys.executable, *train, "--threads", str(args.cores)]
     started = time.perf_counter()
+    load_before = os.getloadavg()[0]
     subprocess.run(command, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     wall = time.perf_counter() - started
     metrics = json.loads((run_dir / "run.json").read_text())["metrics"]
     return {"processes": processes, "threads": 1 if processes > 1 else args.cores,
             "epoch_seconds": metrics["history"][0]["elapsed"], "steps": metrics["steps"],
             "loss": metrics["history"][0]["loss"], "valid_full": metrics["valid_full"],
-            "wall_seconds": round(wall, 1), "started": datetime.now(UTC).isoformat(
-                timespec="seconds"), "command": " ".join(command)}
+            "wall_seconds": round(wall, 1),
+            "finished": datetime.now(UTC).isoformat(timespec="seconds"),
+            "load_average_1min": [round(load_before, 2), round(os.getloadavg()[0], 2)],
+            "command": " ".join(command)}
 
 
 def main() -> None:
@@ -75,8 +80,8 @@ def main() -> None:
                                                       "epoch_seconds", "wall_seconds")}),
                   flush=True)
             runs.append(result)
-    median = {label: statistics.median(r["epoch_seconds"] for r in runs
-                                       if (r["processes"] > 1) == several)
+    median = {label: round(statistics.median(r["epoch_seconds"] for r in runs
+                                             if (r["processes"] > 1) == several), 2)
               for label, several in (("processes", True), ("threads", False))}
     report = {
         "what": f"seconds per epoch, {args.cores} processes x 1 thread (torchrun, gloo) vs "
