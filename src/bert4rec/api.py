@@ -16,6 +16,7 @@ from typing import Any
 
 import torch
 
+from bert4rec import distributed
 from bert4rec.data import Interactions, PrepareOptions
 from bert4rec.model import BERT4Rec
 from bert4rec.presets import load_preset
@@ -39,14 +40,19 @@ def train(
 ) -> TrainResult:
     """Train BERT4Rec with a preset (name or .toml path) and ``overrides`` of any of its
     settings. With ``output``, checkpoints go there every epoch (an interrupted call resumes
-    from them) and the finished run is saved there."""
+    from them) and the finished run is saved there.
+
+    Under ``torchrun`` every process calls this with the same arguments; they train one model
+    together (:mod:`bert4rec.distributed`), rank 0 writes ``output``, and every rank returns the
+    same result."""
     chosen = load_preset(preset, overrides)
     model_config = chosen.model_config(data.num_items)
     run_dir = Path(output) if output is not None else None
-    trainer = Trainer(data, model_config, chosen.train, run_dir=run_dir, progress=progress,
-                      log=log)
-    result = trainer.fit()
-    if run_dir is not None:
+    with distributed.session(chosen.train.device) as group:
+        trainer = Trainer(data, model_config, chosen.train, run_dir=run_dir, progress=progress,
+                          log=log)
+        result = trainer.fit()
+    if run_dir is not None and (group is None or group.is_main):
         state = result.state
         metrics = {
             "valid_full": result.valid_metrics,
@@ -62,6 +68,7 @@ def train(
                  titles=titles,
                  extra_provenance={"preset": chosen.name, "train": chosen.train.to_dict(),
                                    "threads": torch.get_num_threads(),
+                                   "processes": 1 if group is None else group.world_size,
                                    "device": str(trainer.device)})
         remove_checkpoint(run_dir)
     return result

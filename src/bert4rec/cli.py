@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from bert4rec import __version__, datasets
+from bert4rec import __version__, datasets, distributed
 from bert4rec.baselines import TRAINABLE
 from bert4rec.benchmark import MODELS as BENCHMARK_MODELS
 from bert4rec.data import FORMATS, Interactions, PrepareOptions, load_interactions
@@ -194,7 +194,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _say(message: str) -> None:
-    print(message, file=sys.stderr, flush=True)
+    if distributed.is_main():  # under torchrun, one process speaks for all
+        print(message, file=sys.stderr, flush=True)
 
 
 def _data_path(data: str) -> str | Path:
@@ -214,11 +215,26 @@ def _load(args: argparse.Namespace, options: PrepareOptions) -> Interactions:
 
 def cmd_train(args: argparse.Namespace) -> int:
     check_output(args.output, args.overwrite)
+    if args.model == "bert4rec":
+        from bert4rec.presets import load_preset
+
+        device = load_preset(args.preset or "default", _overrides(args)).train.device
+        with distributed.session(device):  # several processes under torchrun, else nothing
+            options = _prepare_options(args)
+            # Rank 0 downloads and prepares the data first; the others then read its cache.
+            if not distributed.is_main():
+                distributed.barrier()
+            data = _load(args, options)
+            if distributed.is_main():
+                distributed.barrier()
+            titles = find_titles(data.source, data.vocab)
+            return _train_bert4rec(args, data, options, titles)
+    if distributed.launched():
+        raise DataError(f"torchrun trains bert4rec only; train {args.model} in one process "
+                        "(without torchrun)")
     options = _prepare_options(args)
     data = _load(args, options)
     titles = find_titles(data.source, data.vocab)
-    if args.model == "bert4rec":
-        return _train_bert4rec(args, data, options, titles)
     if args.preset is not None or args.precision is not None:
         raise DataError("--preset and --precision are bert4rec's; set a baseline's settings "
                         "with --set key=value")
@@ -272,8 +288,9 @@ def _train_bert4rec(
 
     overrides = _overrides(args)
     preset = args.preset or "default"
-    if args.overwrite:
+    if args.overwrite and distributed.is_main():
         remove_checkpoint(args.output)
+    distributed.barrier()  # no process may resume from what rank 0 is removing
     _say(f"training bert4rec, preset {preset}")
     try:
         result = train(data, preset, args.output, options=options, titles=titles,

@@ -17,6 +17,10 @@ A checkpoint is written after every epoch into ``RUN_DIR/checkpoint``: weights, 
 optimiser state and every random generator state, in safetensors plus a JSON file. Training
 started again with the same command resumes from it and, with the same seed, thread count and
 fp32, ends with the same metrics as a run that was never interrupted.
+
+Under ``torchrun`` (see :mod:`bert4rec.distributed`) the model is wrapped in
+``DistributedDataParallel`` and each process trains on its share of every batch; rank 0 alone
+validates, logs and writes checkpoints, and tells the others when to stop.
 """
 
 from __future__ import annotations
@@ -33,10 +37,21 @@ from typing import Any
 import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
+from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
 from bert4rec.data import Interactions
 from bert4rec.device import resolve_device
+from bert4rec.distributed import (
+    Distributed,
+    all_gather_int,
+    all_reduce_mean,
+    broadcast_float,
+    broadcast_json,
+    broadcast_module,
+    current,
+    share,
+)
 from bert4rec.errors import ConfigError, RunError
 from bert4rec.evaluation import evaluate
 from bert4rec.masking import cloze_mask, gather_windows, window_bounds
@@ -180,6 +195,21 @@ def parameter_groups(model: torch.nn.Module, weight_decay: float) -> list[dict[s
     ]
 
 
+class ClozeLoss(torch.nn.Module):
+    """The model's training loss as a module's forward: DistributedDataParallel averages the
+    gradients of work done through its wrapped module's forward, and the model's forward is
+    not its loss."""
+
+    def __init__(self, model: BERT4Rec) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(
+        self, inputs: torch.Tensor, labels: torch.Tensor, negatives: NegativeSample | None
+    ) -> torch.Tensor:
+        return self.model.loss(inputs, labels, negatives)
+
+
 def lr_factor(step: int, warmup: int, progress: float) -> float:
     """Warm-up from 0 to 1 over ``warmup`` steps, then linear decay reaching 0 when
     ``progress`` (the share of the run done, 0..1) reaches 1."""
@@ -205,9 +235,17 @@ class Trainer:
         self.run_dir = run_dir
         self.progress = progress
         self.log = log or (lambda message: None)
+        # Under torchrun: this process's rank; None in one process.
+        self.group: Distributed | None = current()
+        if not self.is_main:
+            self.progress, self.log = False, (lambda message: None)
         if config.threads:
             torch.set_num_threads(config.threads)
+        elif self.group is not None:
+            torch.set_num_threads(self.group.default_threads())
         self.device = resolve_device(config.device)
+        if self.group is not None and self.device.type == "cuda":
+            self.device = torch.device("cuda", self.group.local_rank)
         torch.manual_seed(config.seed)
         self.generator = torch.Generator().manual_seed(config.seed)
         self.model = BERT4Rec(model_config).to(self.device)
@@ -255,6 +293,14 @@ class Trainer:
         self.state = TrainState()
         self._set_lr(0.0)
         self.best_weights = {k: v.detach().clone() for k, v in self.model.state_dict().items()}
+        self.ddp: DistributedDataParallel | None = None
+        if self.group is not None:
+            self.ddp = DistributedDataParallel(ClozeLoss(self.model))
+
+    @property
+    def is_main(self) -> bool:
+        """True in one process, and in rank 0 of several."""
+        return self.group is None or self.group.is_main
 
     # ------------------------------------------------------------------------------------------
 
@@ -308,13 +354,43 @@ class Trainer:
             )
         with torch.autocast(self.device.type, dtype=torch.bfloat16,
                             enabled=cfg.precision == "bf16"):
-            loss = self.model.loss(inputs, labels, negatives)
+            if self.ddp is None:
+                loss = self.model.loss(inputs, labels, negatives)
+            else:
+                loss = self._rank_loss(inputs, labels, negatives)
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(self.model.parameters(), cfg.clip_norm)
         self.optimizer.step()
         self.state.step += 1
-        return float(loss.detach())
+        return float(loss.detach()) if self.group is None else self._batch_loss(loss)
+
+    def _rank_loss(
+        self, inputs: torch.Tensor, labels: torch.Tensor, negatives: NegativeSample | None
+    ) -> torch.Tensor:
+        """This rank's part of the loss of a global batch (B, T), which every rank masked alike.
+
+        The loss of a batch is the mean over its N masked positions. Rank r trains on the rows
+        ``share(B, r, R)``, which hold n_r of them; weighting its mean by ``n_r R / N`` makes
+        DistributedDataParallel's average of the R gradients the gradient of the mean over all
+        N: the step one process takes on the whole batch.
+        """
+        assert self.ddp is not None and self.group is not None
+        counts = (labels > 0).sum(dim=1)  # (B,) masked positions per row, >= 1 each
+        rows = share(len(labels), self.group.rank, self.group.world_size)
+        weight = counts[rows].sum() * self.group.world_size / counts.sum()
+        if rows.start == rows.stop:
+            # Fewer rows than ranks: take part in the gradient exchange with a zero weight.
+            rows = slice(0, 1)
+        # Dropout differs between ranks and follows from (seed, rank, step) alone, so that a
+        # resumed run draws it as the uninterrupted run did.
+        seed = np.random.SeedSequence([self.config.seed, self.group.rank, self.state.step])
+        torch.manual_seed(int(seed.generate_state(1)[0]))
+        return self.ddp(inputs[rows], labels[rows], negatives) * weight
+
+    def _batch_loss(self, loss: torch.Tensor) -> float:
+        """The global batch's loss: the ranks' weighted parts averaged."""
+        return float(all_reduce_mean(loss.detach(), self.group))
 
     def validate(self) -> dict[str, float]:
         result = evaluate(self.model, self.data, split="valid", protocol="full", progress=False,
@@ -327,6 +403,7 @@ class Trainer:
         cfg = self.config
         if self.run_dir is not None:
             self._try_resume()
+            self._check_resumed_together()
         self.model.train()
         stop = self.state.stopped
         while not stop and self.state.epoch < self.epochs:
@@ -338,11 +415,9 @@ class Trainer:
             for batch in bar:
                 if self.state.step >= self.total_steps:
                     break
-                losses.append(self.train_step(
-                    batch, self.state.elapsed + time.perf_counter() - started))
+                losses.append(self.train_step(batch, self._elapsed(started)))
                 bar.set_postfix(loss=f"{losses[-1]:.3f}")
-                if cfg.time_budget and self.state.elapsed + time.perf_counter() - started \
-                        > cfg.time_budget:
+                if cfg.time_budget and self._elapsed(started) > cfg.time_budget:
                     stop = "time budget"
                     break
             bar.close()
@@ -354,7 +429,7 @@ class Trainer:
                 "elapsed": round(self.state.elapsed, 2),
             }
             finished = self.state.epoch >= self.epochs or self.state.step >= self.total_steps
-            if self.state.epoch % cfg.eval_every == 0 or finished or stop:
+            if (self.state.epoch % cfg.eval_every == 0 or finished or stop) and self.is_main:
                 metrics = self.validate()
                 self.model.train()
                 record["valid_NDCG@10"] = metrics["NDCG@10"]
@@ -369,18 +444,40 @@ class Trainer:
                     self.state.bad_evals += 1
                     if cfg.patience and self.state.bad_evals >= cfg.patience:
                         stop = stop or "early stopping"
+            stop = broadcast_json(stop, self.group)  # rank 0 decides for every rank
             if self.state.step >= self.total_steps:
                 stop = stop or "steps done"
             self.state.history.append(record)
             self.state.stopped = stop
             self._report(record)
-            if self.run_dir is not None:
+            if self.run_dir is not None and self.is_main:
                 self.save_checkpoint()
         self.state.stopped = stop or "epochs done"
         self.model.load_state_dict(self.best_weights)
         self.model.eval()
         valid = self.validate() if self.state.best_epoch else {}
+        if self.group is not None:  # every rank returns rank 0's result
+            broadcast_module(self.model, self.group)
+            state, valid = broadcast_json([asdict(self.state), valid], self.group)
+            self.state = TrainState(**state)
         return TrainResult(self.model, self.state, valid)
+
+    def _elapsed(self, started: float) -> float:
+        """Seconds of training so far. Under torchrun with a time budget, rank 0's clock: the
+        budget moves the learning rate and the stop, which must be the same on every rank."""
+        elapsed = self.state.elapsed + time.perf_counter() - started
+        if self.config.time_budget and self.group is not None:
+            elapsed = broadcast_float(elapsed, self.group)
+        return elapsed
+
+    def _check_resumed_together(self) -> None:
+        steps = all_gather_int(self.state.step, self.group)
+        if len(set(steps)) > 1:
+            raise RunError(
+                f"the processes resumed at different steps ({', '.join(map(str, steps))}): "
+                f"every one must read {self.run_dir}/{CHECKPOINT_DIR}; on several machines put "
+                "--output on a file system they share"
+            )
 
     def _report(self, record: dict[str, Any]) -> None:
         per_epoch = self.state.elapsed / max(1, self.state.epoch)
