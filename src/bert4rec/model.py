@@ -78,6 +78,9 @@ class DropoutMasks:
     def __init__(self, seed: int = 0) -> None:
         self.bits = np.random.SFC64(seed)
 
+    def seed(self, seed: int) -> None:
+        self.bits = np.random.SFC64(seed)
+
     def keep(self, shape: torch.Size, p: float) -> torch.Tensor:
         """A bool tensor of ``shape``, True with probability ``1 - p``."""
         n = math.prod(shape)

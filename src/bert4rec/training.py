@@ -55,7 +55,7 @@ from bert4rec.distributed import (
 from bert4rec.errors import ConfigError, RunError
 from bert4rec.evaluation import evaluate
 from bert4rec.masking import cloze_mask, gather_windows, window_bounds
-from bert4rec.model import BERT4Rec, BERT4RecConfig, DropoutMasks, NegativeSample, gbce_beta
+from bert4rec.model import BERT4Rec, BERT4RecConfig, NegativeSample, gbce_beta
 from bert4rec.runs import atomic_write, write_json
 from bert4rec.split import eval_cases, train_sequences
 
@@ -249,7 +249,7 @@ class Trainer:
         torch.manual_seed(config.seed)
         self.generator = torch.Generator().manual_seed(config.seed)
         self.model = BERT4Rec(model_config).to(self.device)
-        self.model.dropout_masks.set_state(DropoutMasks(config.seed).get_state())
+        self.model.dropout_masks.seed(config.seed)
         train = train_sequences(data)
         self.train_items = train.items.astype(np.int64)
         users, starts, ends = window_bounds(train.lengths, model_config.max_len,
@@ -384,8 +384,10 @@ class Trainer:
             rows = slice(0, 1)
         # Dropout differs between ranks and follows from (seed, rank, step) alone, so that a
         # resumed run draws it as the uninterrupted run did.
-        seed = np.random.SeedSequence([self.config.seed, self.group.rank, self.state.step])
-        torch.manual_seed(int(seed.generate_state(1)[0]))
+        seed = int(np.random.SeedSequence([self.config.seed, self.group.rank,
+                                           self.state.step]).generate_state(1)[0])
+        torch.manual_seed(seed)  # GPU dropout
+        self.model.dropout_masks.seed(seed)  # CPU dropout
         return self.ddp(inputs[rows], labels[rows], negatives) * weight
 
     def _batch_loss(self, loss: torch.Tensor) -> float:
