@@ -498,6 +498,8 @@ def explain(
     model = _check_model(model)
     if k < 1:
         raise DataError("k must be at least 1")
+    if not len(history):
+        raise DataError("the history is empty; an explanation needs at least one item")
     encoded, skipped = info.vocab.encode(list(history))
     if not len(encoded):
         what = f" (unknown: {' '.join(map(str, skipped))})" if skipped else ""
