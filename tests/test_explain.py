@@ -187,8 +187,11 @@ def test_removal_ranks_match_leave_one_out() -> None:
     scores, ranks = ex.removal_ranks(model, HISTORY, 20, [[i] for i in range(len(HISTORY))])
     assert np.allclose(scores, loo.scores_without, atol=1e-5)
     assert (ranks == loo.ranks_without).all()
-    with pytest.raises(ValueError, match="same size"):
-        ex.removal_ranks(model, HISTORY, 20, [[0], [1, 2]])
+    # Sets of different sizes in one batch: padding changes no score.
+    mixed, _ = ex.removal_ranks(model, HISTORY, 20, [[0], [1, 2], [], [0, 1, 2, 3]])
+    for row, removed in enumerate([[0], [1, 2], [], [0, 1, 2, 3]]):
+        alone = model.score([np.delete(HISTORY, removed)])[0, 20]
+        assert mixed[row] == pytest.approx(float(alone), abs=1e-4)
 
 
 # ----------------------------------------------------------------------------------------------

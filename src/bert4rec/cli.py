@@ -422,7 +422,7 @@ def cmd_explain(args: argparse.Namespace) -> int:
     if result.truncated:
         _say(f"the model sees the last {len(result.history)} items; "
              f"{result.truncated} older one(s) left out")
-    print(_explanation_text(result, args.rows))
+    print(_explanation_text(result, args.rows), flush=True)
     for path in plots:
         _say(f"wrote {path}")
     return 0

@@ -135,12 +135,12 @@ def removal_ranks(
     exclude: np.ndarray | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Score and rank of ``item`` after removing each set of positions in ``removals`` from
-    ``history`` (all sets the same size, so one forward pass without padding): ``(scores,
-    ranks)``, each (len(removals),). ``exclude`` (default: the history) is never ranked."""
+    ``history``, in one forward pass (sets of different sizes are padded, which never changes
+    a score): ``(scores, ranks)``, each (len(removals),). ``exclude`` (default: the history)
+    is never ranked."""
+    model = _check_model(model)
     history = visible(model, history)
     variants = [_without(history, r) for r in removals]
-    if len({len(v) for v in variants}) > 1:
-        raise ValueError("every removal set must have the same size")
     scores = _mask_scores(model, variants, precision)
     score, rank, _ = _rank_and_margin(scores, _excluded(history, exclude), item, k)
     return score, rank

@@ -43,7 +43,7 @@ def plot_attribution(explanation: Explanation, path: str | Path) -> Path:
     removal alone drops the recommendation out of the top-k in red) beside attention
     rollout. Writes ``path`` (PNG) and returns it."""
     rows, note = _shown(explanation)
-    labels = [f"{r.position}: {_label(r.item, r.title)}" for r in rows]
+    labels = [f"[{r.position}] {_label(r.item, r.title)}" for r in rows]
     y = np.arange(len(rows))
     height = max(3.0, 0.28 * len(rows) + 1.5)
     fig = _figure(11, height)
