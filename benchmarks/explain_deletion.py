@@ -76,6 +76,7 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     started = time.perf_counter()
+    code = commit_info()  # the code that runs, read before anything can change it
     model, info = load_model(args.run)
     data = load_interactions(args.data, info.prepare)
     info.check_data(data)
@@ -138,7 +139,7 @@ def main() -> None:
         "command": "python benchmarks/explain_deletion.py " + " ".join(
             f"--{k.replace('_', '-')} {v}" for k, v in vars(args).items()),
         "date": datetime.now(UTC).isoformat(timespec="seconds"),
-        **commit_info(),
+        **code,
         "machine": machine_info(),
         "threads": args.threads,
         "run": {"path": str(args.run), "model": info.model, "config": info.config,
