@@ -75,8 +75,9 @@ def visible(model: BERT4Rec, history: np.ndarray) -> np.ndarray:
 def _mask_scores(
     model: BERT4Rec, histories: Sequence[np.ndarray], precision: str = "fp32"
 ) -> torch.Tensor:
-    """Item scores (B, num_items + 1) of equally long histories in one forward pass; column 0
-    is -inf. Equal lengths mean no padding: each row is exactly what ``score`` gives it."""
+    """Item scores (B, num_items + 1) of ``histories`` in one forward pass, as
+    :meth:`BERT4Rec.score` gives them (tests check it); column 0 is -inf. Shorter histories
+    are left-padded, which changes no score."""
     tokens = model.inference_tokens(histories).to(model.device)
     was_training = model.training
     model.eval()
