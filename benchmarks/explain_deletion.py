@@ -39,6 +39,7 @@ from bert4rec.runs import atomic_write, load_model, write_json
 METHODS = ("counterfactual", "attention-rollout", "attention-last-layer", "gradient-x-input",
            "random")
 GREEDY = "counterfactual-greedy"
+SAME = "counterfactual, greedy's users"
 
 
 def orders(model: Any, history: np.ndarray, item: int, k: int,
@@ -111,8 +112,13 @@ def main() -> None:
         if done % 50 == 0:
             print(f"{done}/{len(users)} users, {time.perf_counter() - started:.0f}s", flush=True)
 
+    # The greedy row covers the first --greedy-users users only; the leave-one-out ranking on
+    # the same users sits beside it, so the two compare like with like.
+    same = SAME
+    ranks[same] = ranks["counterfactual"][: len(ranks[GREEDY])]
+    drops[same] = drops["counterfactual"][: len(drops[GREEDY])]
     results: dict[str, Any] = {}
-    for name in methods:
+    for name in [*methods, same]:
         rows = {}
         for m in ms:
             r = [u[m - 1] for u in ranks[name] if len(u) >= m]
@@ -189,8 +195,9 @@ def plot(report: dict[str, Any], path: Path) -> None:
     k = report["settings"]["k"]
     for name, rows in report["results"].items():
         ms = [int(m) for m in rows]
-        style = "--" if name in ("random", GREEDY) else "-"
-        label = f"{name} ({rows['1']['users']} users)" if name == GREEDY else name
+        style = "--" if name in ("random", GREEDY, SAME) else "-"
+        label = name if rows["1"]["users"] == report["settings"]["users"] else (
+            f"{name} ({rows['1']['users']} users)")
         left.plot(ms, [rows[str(m)]["left_top_k"] for m in ms], style, marker="o",
                   markersize=3, label=label)
         right.plot(ms, [rows[str(m)]["mean_score_drop"] for m in ms], style, marker="o",
