@@ -452,13 +452,16 @@ def _explanation_text(result: Explanation, rows: int) -> str:
     lines.append("")
     if cf.found and not cf.items:
         lines.append(f"Counterfactual set (greedy): the item is already outside the top-{k}")
-    elif cf.found:
-        removed = ", ".join(_named(i, t) for i, t in zip(cf.items, cf.titles, strict=True))
-        lines.append(f"Counterfactual set (greedy, not proven smallest): removing {len(cf.items)} "
-                     f"item(s) drops it to rank {cf.ranks[-1]}, out of the top-{k}: {removed}")
     else:
-        lines.append(f"Counterfactual set (greedy): removing {len(cf.items)} item(s) did not drop "
-                     f"it out of the top-{k} (rank {cf.ranks[-1] if cf.ranks else result.rank})")
+        if cf.found:
+            lines.append(f"Counterfactual set (greedy, not proven smallest): removing these "
+                         f"{len(cf.items)} item(s) together drops it out of the top-{k}:")
+        else:
+            lines.append(f"Counterfactual set (greedy): removing {len(cf.items)} item(s) did not "
+                         f"drop it out of the top-{k}:")
+        for step, (item, title, rank) in enumerate(
+                zip(cf.items, cf.titles, cf.ranks, strict=True), start=1):
+            lines.append(f"  step {step:>2}: remove {item!s:<10} -> rank {rank:>5}  {title or ''}")
     lines += ["", "Columns grad*in (gradient x input) and rollout (attention rollout) are weaker "
               "evidence:", "attention shows where the model looked, not what changed its answer."]
     return "\n".join(lines)
