@@ -246,6 +246,16 @@ def test_explain_errors(run_dir: Path) -> None:
         ex.explain(model, info, history, k=0)
 
 
+def test_explanations_need_bert4rec(run_dir: Path) -> None:
+    from bert4rec.baselines.pop import PopularityRecommender
+
+    _, info = load_model(run_dir)
+    pop = PopularityRecommender(torch.arange(info.vocab.num_items + 1, dtype=torch.float32))
+    with pytest.raises(DataError, match="explanations need a bert4rec run; this run's model "
+                       "is 'pop'"):
+        ex.explain(pop, info, _history(run_dir))
+
+
 def test_cli_explain_text(run_dir: Path, capsys: pytest.CaptureFixture[str]) -> None:
     history = _history(run_dir)
     assert main(["explain", "--run", str(run_dir), "--history", " ".join([*history, "nope"]),

@@ -27,7 +27,7 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -36,6 +36,9 @@ import torch.nn.functional as F
 from bert4rec.errors import DataError
 from bert4rec.model import BERT4Rec, TransformerBlock
 from bert4rec.recommender import recommend
+
+if TYPE_CHECKING:
+    from bert4rec.runs import RunInfo
 
 COUNTERFACTUAL_NOTE = (
     "counterfactual: the model scored again without each history item; score_drop and "
@@ -482,7 +485,7 @@ def _plain(value: Any) -> Any:
 
 def explain(
     model: Any,
-    info: Any,
+    info: RunInfo,
     history: Sequence[Any],
     item: Any = None,
     k: int = 10,
