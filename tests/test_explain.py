@@ -119,6 +119,23 @@ def test_rollout_of_uniform_attention_and_of_identity() -> None:
     assert torch.allclose(ex.attention_rollout(identity), torch.eye(t))
 
 
+def test_rollout_sends_nothing_to_padding() -> None:
+    model = tiny_model()
+    tokens = model.inference_tokens([HISTORY, HISTORY[:3]])  # row 1 is left-padded
+    with torch.no_grad():
+        _, weights = ex.encode_with_attention(model, tokens)
+    real = tokens[1] != 0
+    flow = ex.attention_rollout(torch.stack([w[1] for w in weights]), keys=real)
+    assert (flow[real][:, ~real] == 0).all()
+    assert torch.allclose(flow[real].sum(dim=-1), torch.ones(int(real.sum())), atol=1e-5)
+    # The padded row's rollout over its real tokens is the unpadded sequence's own.
+    alone = model.inference_tokens([HISTORY[:3]])
+    with torch.no_grad():
+        _, alone_weights = ex.encode_with_attention(model, alone)
+    expected = ex.attention_rollout(torch.stack([w[0] for w in alone_weights]))
+    assert torch.allclose(flow[real][:, real], expected, atol=1e-5)
+
+
 def test_gradient_x_input_is_the_gradient_dotted_with_the_embedding() -> None:
     model = tiny_model()
     item = 20
