@@ -366,7 +366,11 @@ def attention_maps(model: BERT4Rec, history: np.ndarray) -> AttentionMaps:
     was_training = model.training
     model.eval()
     tokens = model.inference_tokens([history]).to(model.device)  # (1, n + 1), no padding
-    _, weights = encode_with_attention(model, tokens)
+    hidden, weights = encode_with_attention(model, tokens)
+    # The written-out forward must be the model's own: checked on every call, it costs one
+    # more forward pass of one sequence.
+    fused = model.encode(tokens)
+    assert torch.allclose(hidden, fused, atol=1e-4, rtol=1e-4), "explicit attention diverged"
     model.train(was_training)
     stacked = torch.stack([w[0] for w in weights]).float()  # (L, heads, T, T)
     rollout = attention_rollout(stacked)[-1]  # (T,): into [MASK]
