@@ -82,13 +82,10 @@ def _mask_scores(
     :meth:`BERT4Rec.score` gives them (tests check it); column 0 is -inf. Shorter histories
     are left-padded, which changes no score."""
     tokens = model.inference_tokens(histories).to(model.device)
-    was_training = model.training
-    model.eval()
     with torch.inference_mode(), _autocast(model, precision):
         # Only the [MASK] slot's output is scored, so the last layer computes that slot alone.
         hidden = _forward(model, tokens, last_only=True, need_weights=False)[0][:, -1]  # (B, d)
         logits = model.logits(hidden).float()  # (B, n)
-    model.train(was_training)
     pad = torch.full((len(histories), 1), -math.inf, device=logits.device)
     return torch.cat([pad, logits], dim=1)
 
@@ -290,15 +287,23 @@ def _block(
 
 
 def _forward(
-    model: BERT4Rec, tokens: torch.Tensor, last_only: bool, need_weights: bool
+    model: BERT4Rec,
+    tokens: torch.Tensor,
+    last_only: bool,
+    need_weights: bool,
+    item_vectors: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, list[torch.Tensor]]:
-    """:meth:`BERT4Rec.encode` in eval mode: hidden states (B, T, d), or (B, 1, d) of the last
-    slot with ``last_only`` (the last layer then runs one query, not T); and the attention
-    weights of each layer with ``need_weights``."""
+    """:meth:`BERT4Rec.encode` in eval mode whatever the module's mode (no dropout, no state
+    touched, so it is safe beside other requests): hidden states (B, T, d), or (B, 1, d) of the
+    last slot with ``last_only`` (the last layer then runs one query, not T); the attention
+    weights of each layer with ``need_weights``. ``item_vectors`` (B, T, d) replaces the item
+    embeddings of ``tokens`` (to differentiate with respect to them)."""
     config = model.config
     t = tokens.shape[1]
     positions = torch.arange(config.max_len - t, config.max_len, device=tokens.device)
-    h = model.item_embedding(tokens) + model.position_embedding(positions)[None]  # (B, T, d)
+    if item_vectors is None:
+        item_vectors = model.item_embedding(tokens)  # (B, T, d)
+    h = item_vectors + model.position_embedding(positions)[None]  # (B, T, d)
     h = model.embedding_norm(h)
     attend = (tokens != 0)[:, None, None, :]  # (B, 1, 1, T)
     weights: list[torch.Tensor] = []
@@ -390,26 +395,14 @@ def gradient_x_input(model: BERT4Rec, history: np.ndarray, item: int) -> np.ndar
     embedding is left out, as it is not what removing the item takes away)."""
     model = _check_model(model)
     history = visible(model, history)
-    was_training = model.training
-    model.eval()
-    captured: list[torch.Tensor] = []
-
-    def hook(module: Any, inputs: Any, output: torch.Tensor) -> torch.Tensor:
-        leaf = output.detach().requires_grad_(True)  # (1, T, d)
-        captured.append(leaf)
-        return leaf
-
-    tokens = model.inference_tokens([history]).to(model.device)
-    handle = model.item_embedding.register_forward_hook(hook)
-    try:
-        with torch.enable_grad():
-            hidden = model.encode(tokens)[:, -1]  # (1, d)
-            score = model.logits(hidden)[0, item - 1]
-            (grad,) = torch.autograd.grad(score, captured[0])
-    finally:
-        handle.remove()
-        model.train(was_training)
-    return (grad[0, :-1] * captured[0][0, :-1].detach()).sum(dim=-1).cpu().numpy()
+    tokens = model.inference_tokens([history]).to(model.device)  # (1, n + 1)
+    with torch.enable_grad():
+        vectors = model.item_embedding(tokens).detach().requires_grad_(True)  # (1, n + 1, d)
+        hidden = _forward(model, tokens, last_only=True, need_weights=False,
+                          item_vectors=vectors)[0][:, -1]  # (1, d)
+        score = model.logits(hidden)[0, item - 1]
+        (grad,) = torch.autograd.grad(score, vectors)
+    return (grad[0, :-1] * vectors[0, :-1].detach()).sum(dim=-1).cpu().numpy()
 
 
 # ----------------------------------------------------------------------------------------------
