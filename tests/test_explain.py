@@ -275,8 +275,12 @@ def test_explanations_need_bert4rec(run_dir: Path) -> None:
 
 def test_cli_explain_text(run_dir: Path, capsys: pytest.CaptureFixture[str]) -> None:
     history = _history(run_dir)
-    assert main(["explain", "--run", str(run_dir), "--history", " ".join([*history, "nope"]),
-                 "-k", "5"]) == 0
+    threads = torch.get_num_threads()
+    try:
+        assert main(["explain", "--run", str(run_dir), "--history",
+                     " ".join([*history, "nope"]), "-k", "5", "--threads", "1"]) == 0
+    finally:
+        torch.set_num_threads(threads)
     captured = capsys.readouterr()
     assert "skipped 1 unknown item(s): nope" in captured.err
     assert captured.out.startswith("Why ")

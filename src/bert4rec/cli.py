@@ -140,6 +140,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--rows", type=int, default=20,
                    help="history items shown in the text table, largest effect first")
     p.add_argument("--precision", choices=("fp32", "bf16"), default="fp32")
+    p.add_argument("--threads", type=int, default=None,
+                   help="torch threads (default: torch's; where other jobs keep the cores busy, "
+                   "1 is often faster)")
     p.add_argument("--plot-dir", type=Path, default=None,
                    help="write attribution.png and attention.png here")
     p.add_argument("--json", action="store_true", help="print one JSON object")
@@ -404,6 +407,10 @@ def cmd_recommend(args: argparse.Namespace) -> int:
 def cmd_explain(args: argparse.Namespace) -> int:
     if args.max_steps < 1:
         raise DataError("--max-steps must be at least 1")
+    if args.threads is not None:
+        if args.threads < 1:
+            raise DataError("--threads must be at least 1")
+        torch.set_num_threads(args.threads)
     model, info = load_model(args.run)
     result = explain(model, info, _parse_history(args.history), item=args.item, k=args.k,
                      max_steps=args.max_steps, precision=args.precision)
