@@ -4,6 +4,9 @@
         --variant fp32: --variant no-attn-dropout:attention_dropout=0 \
         --variant bf16:precision="bf16"
 
+To compare two commits, run it in a checkout of each, alternately, with ``--threads 1 --clock
+process`` (CPU seconds are far steadier than the wall clock on a shared machine).
+
 Each variant is ``label:key=value,key=value`` applied to the preset. Steps of all variants are
 interleaved, round after round, so that a noisy shared machine slows them alike and their
 ratios hold. A full batch of the longest windows is timed, the worst case of an epoch; the
@@ -22,6 +25,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from bert4rec.benchmark import commit_info, machine_info
 from bert4rec.data import load_interactions
 from bert4rec.presets import load_preset, parse_assignment
 from bert4rec.training import Trainer
@@ -41,6 +45,9 @@ def main() -> None:
                         help="label:key=value,... (repeatable; default: the preset as is)")
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--clock", choices=("wall", "process"), default="wall",
+                        help="process: CPU seconds of this process, steadier than the wall clock "
+                             "on a shared machine (use with --threads 1)")
     parser.add_argument("--out", default=None)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
@@ -55,12 +62,13 @@ def main() -> None:
         batch = np.argsort(-lengths, kind="stable")[: preset.train.batch_size]
         trainer.train_step(batch)  # warm-up
         setups.append((label, overrides, trainer, batch))
+    clock = time.perf_counter if args.clock == "wall" else time.process_time
     times: dict[str, list[float]] = {label: [] for label, *_ in setups}
     for _ in range(args.rounds):
         for label, _, trainer, batch in setups:
-            started = time.perf_counter()
+            started = clock()
             trainer.train_step(batch)
-            times[label].append(time.perf_counter() - started)
+            times[label].append(clock() - started)
     base = statistics.median(times[setups[0][0]])
     rows = []
     for label, overrides, trainer, _ in setups:
@@ -73,7 +81,8 @@ def main() -> None:
         rows.append(row)
         print(json.dumps(row), flush=True)
     if args.out:
-        report = {"data": args.data, "preset": args.preset, "threads": args.threads,
+        report = {**commit_info(), "machine": machine_info(), "clock": args.clock,
+                  "data": args.data, "preset": args.preset, "threads": args.threads,
                   "rounds": args.rounds, "rows": rows}
         Path(args.out).write_text(json.dumps(report, indent=2) + "\n")
 
