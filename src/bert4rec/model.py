@@ -268,15 +268,7 @@ class BERT4Rec(nn.Module):
 
     def inference_tokens(self, histories: Sequence[np.ndarray]) -> torch.Tensor:
         """Left-padded (B, T) tokens: the last ``max_len - 1`` items, then ``[MASK]``."""
-        keep = self.config.max_len - 1
-        clipped = [np.asarray(h, dtype=np.int64)[-keep:] if len(h) else np.zeros(0, np.int64)
-                   for h in histories]
-        t = max(len(h) for h in clipped) + 1 if clipped else 1
-        tokens = np.zeros((len(clipped), t), dtype=np.int64)
-        for row, h in enumerate(clipped):
-            tokens[row, t - 1 - len(h) : t - 1] = h
-        tokens[:, -1] = self.config.mask_id
-        return torch.from_numpy(tokens)
+        return inference_tokens(histories, self.config.max_len, self.config.mask_id)
 
     @torch.no_grad()
     def score(self, histories: Sequence[np.ndarray]) -> torch.Tensor:
@@ -335,3 +327,21 @@ class BERT4Rec(nn.Module):
 
     def config_dict(self) -> dict[str, Any]:
         return self.config.to_dict()
+
+
+def inference_tokens(
+    histories: Sequence[np.ndarray], max_len: int, mask_id: int, width: int | None = None
+) -> torch.Tensor:
+    """Left-padded (B, T) tokens: the last ``max_len - 1`` items of each history, then
+    ``[MASK]``. T is the longest such row, or ``width`` (>= it) when given, e.g. ``max_len``
+    for an export with a fixed input shape; padding never changes a score."""
+    keep = max_len - 1
+    clipped = [np.asarray(h, dtype=np.int64)[-keep:] if len(h) else np.zeros(0, np.int64)
+               for h in histories]
+    t = max(len(h) for h in clipped) + 1 if clipped else 1
+    t = max(t, width or 0)
+    tokens = np.zeros((len(clipped), t), dtype=np.int64)
+    for row, h in enumerate(clipped):
+        tokens[row, t - 1 - len(h) : t - 1] = h
+    tokens[:, -1] = mask_id
+    return torch.from_numpy(tokens)
