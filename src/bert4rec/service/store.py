@@ -75,7 +75,7 @@ def open_store(url: str | Path) -> EventStore:
     if text.startswith(("postgresql://", "postgres://")):
         return PostgresStore(text)
     if text.startswith("sqlite:///"):
-        text = text[len("sqlite:///") - 1 :] if text.startswith("sqlite:////") else text[10:]
+        text = text[len("sqlite:///") :]  # sqlite:///relative, sqlite:////absolute
     elif "://" in text:
         raise ConfigError(
             f"unknown database URL {url!r}: give a file path (SQLite), sqlite:///PATH or "
