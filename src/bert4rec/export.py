@@ -10,6 +10,7 @@ because padding never changes a score. The file carries ``num_items``, ``max_len
 from __future__ import annotations
 
 import math
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -48,8 +49,10 @@ def export_onnx(model: BERT4Rec, path: str | Path, run: str | Path | None = None
     model = model.eval()
     example = inference_tokens([np.arange(1, min(config.num_items, 5) + 1)] * 2,
                                config.max_len, config.mask_id, width=config.max_len)
-    with torch.no_grad():
-        # The TorchScript-based exporter: it needs no onnxscript and handles this graph.
+    with torch.no_grad(), warnings.catch_warnings():
+        # The TorchScript-based exporter: it needs no onnxscript and handles this graph; torch
+        # < 2.15 (the range this package accepts) keeps it, with a deprecation warning.
+        warnings.simplefilter("ignore", DeprecationWarning)
         torch.onnx.export(
             _ScoreGraph(model), (example,), str(path), dynamo=False,
             input_names=["tokens"], output_names=["scores"], opset_version=OPSET,

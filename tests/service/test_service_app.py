@@ -184,6 +184,9 @@ def test_reload_swaps_the_model(sqlite_client: TestClient, other_run: TinyRun,
 def test_reload_of_a_bad_run_keeps_the_old_model(sqlite_client: TestClient,
                                                  tmp_path: Path) -> None:
     response = sqlite_client.post("/admin/reload", json={"run": str(tmp_path / "none")})
+    assert response.status_code == 404
+    assert response.json()["detail"] == f"{tmp_path / 'none'} does not exist (on the server)"
+    response = sqlite_client.post("/admin/reload", json={"run": str(tmp_path)})
     assert response.status_code == 400
     assert "is not a run directory (no run.json)" in response.json()["detail"]
     assert sqlite_client.get("/ready").json()["status"] == "ready"

@@ -47,7 +47,10 @@ log = logging.getLogger("bert4rec.service")
 T = TypeVar("T")
 
 User = Annotated[str, PathParam(pattern=USER_PATTERN, description="A user id (no spaces).")]
-STORE_DOWN: dict[int | str, dict[str, Any]] = {503: {"model": Problem, "description": "The event store cannot be reached."}}
+STORE_DOWN: dict[int | str, dict[str, Any]] = {
+    503: {"model": Problem, "description": "The event store cannot be reached."}}
+BAD_BODY: dict[int | str, dict[str, Any]] = {
+    400: {"model": Problem, "description": "The body cannot be parsed: send JSON."}}
 
 
 @dataclass
@@ -148,13 +151,14 @@ def create_app(
         """The run being served."""
         return ModelInfo(**state.served.describe())
 
-    @app.post("/recommend", response_model=Recommendations, tags=["recommend"])
+    @app.post("/recommend", response_model=Recommendations, tags=["recommend"],
+              responses=BAD_BODY)
     async def recommend_history(body: RecommendRequest) -> Recommendations:
         """Top-k items to follow a history of original item ids."""
         return await recommend(body.history, body.k, body.exclude_seen, body.candidates)
 
     @app.post("/users/{user}/events", response_model=EventsResponse, tags=["users"],
-              responses=STORE_DOWN)
+              responses={**STORE_DOWN, **BAD_BODY})
     async def append_events(user: User, body: EventsRequest) -> EventsResponse:
         """Append items to a user's history; answered once they are on disk."""
         items = [str(item) for item in body.items]
@@ -186,10 +190,15 @@ def create_app(
         return DeleteResponse(user=user, deleted=await store_call(state.store.delete, user))
 
     @app.post("/admin/reload", response_model=ModelInfo, tags=["operations"],
-              responses={400: {"model": Problem, "description": "The run cannot be loaded."}})
+              responses={400: {"model": Problem, "description": "The body cannot be parsed, "
+                               "or the run cannot be loaded."},
+                         404: {"model": Problem, "description": "No such run or file."}})
     async def admin_reload(body: ReloadRequest) -> ModelInfo:
         """Load another run directory (or ONNX export) and swap it in; requests in flight
         finish on the old model, none is refused."""
+        for given in (body.run, body.onnx):
+            if given is not None and not Path(given).exists():
+                raise HTTPException(404, f"{given} does not exist (on the server)")
         try:
             served = await reload(body.run, body.onnx)
         except Bert4RecError as exc:

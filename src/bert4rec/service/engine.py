@@ -184,12 +184,18 @@ class Batcher:
         self._queue: asyncio.Queue[_Pending] = asyncio.Queue()
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="bert4rec-score")
         self._worker: asyncio.Task[None] | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
         self.batches = 0
         self.requests = 0
 
     def start(self) -> None:
-        if self._worker is None:
-            self._worker = asyncio.get_running_loop().create_task(self._run())
+        """Start the worker on the running event loop (again, if it changed: test clients
+        that skip the app's start-up run each request on a loop of its own)."""
+        loop = asyncio.get_running_loop()
+        if self._loop is not loop or self._worker is None:
+            self._queue = asyncio.Queue()
+            self._worker = loop.create_task(self._run(self._queue))
+            self._loop = loop
 
     async def stop(self) -> None:
         if self._worker is not None:
@@ -201,24 +207,27 @@ class Batcher:
 
     async def submit(self, served: ServedModel, request: Prepared) -> Recommendation:
         """The recommendation for ``request``, scored in the next batch."""
-        future: asyncio.Future[Recommendation] = asyncio.get_running_loop().create_future()
+        loop = asyncio.get_running_loop()
+        if self._loop is not loop:
+            self.start()
+        future: asyncio.Future[Recommendation] = loop.create_future()
         await self._queue.put(_Pending(served, request, future))
         return await future
 
-    async def _run(self) -> None:
+    async def _run(self, queue: asyncio.Queue[_Pending]) -> None:
         loop = asyncio.get_running_loop()
         while True:
-            batch = [await self._queue.get()]
+            batch = [await queue.get()]
             deadline = loop.time() + self.max_wait
             while len(batch) < self.max_batch:
-                if not self._queue.empty():
-                    batch.append(self._queue.get_nowait())
+                if not queue.empty():
+                    batch.append(queue.get_nowait())
                     continue
                 remaining = deadline - loop.time()
                 if remaining <= 0:
                     break
                 try:
-                    batch.append(await asyncio.wait_for(self._queue.get(), remaining))
+                    batch.append(await asyncio.wait_for(queue.get(), remaining))
                 except TimeoutError:
                     break
             batch = [p for p in batch if not p.future.cancelled()]  # clients that gave up

@@ -10,11 +10,14 @@ MAX_K = 1000
 MAX_HISTORY = 10_000
 MAX_CANDIDATES = 100_000
 MAX_EVENTS = 1000
-# User ids travel in URL paths and item ids in exported ``user item`` lines: no whitespace.
-USER_PATTERN = r"^[A-Za-z0-9_.:@-]{1,128}$"
+# User ids travel in URL paths and item ids in exported ``user item`` lines: printable ASCII
+# without spaces (classes spelled out, so Python and JSON Schema regexes agree on them).
+USER_PATTERN = r"^[A-Za-z0-9_.:@~+-]{1,128}$"
+ITEM_PATTERN = r"^[!-~]{1,128}$"
 
-ItemText = Annotated[str, StringConstraints(min_length=1, max_length=128, pattern=r"^\S+$")]
-ItemInt = Annotated[int, Field(ge=-(2**63), le=2**63 - 1)]
+ItemText = Annotated[str, StringConstraints(min_length=1, max_length=128, pattern=ITEM_PATTERN)]
+# Integers a JSON client represents exactly (2**53), whatever its language.
+ItemInt = Annotated[int, Field(ge=-(2**53), le=2**53)]
 # An item id as the data has it: an integer or a token without spaces. "42" and 42 are one item.
 ItemId = ItemInt | ItemText
 
