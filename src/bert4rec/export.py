@@ -35,7 +35,7 @@ class _ScoreGraph(nn.Module):
         self.model = model
 
     def forward(self, tokens: torch.Tensor) -> torch.Tensor:
-        hidden = self.model.encode(tokens)[:, -1]  # (B, d): the [MASK] slot
+        hidden = self.model.encode(tokens, last_only=True)[:, -1]  # (B, d): the [MASK] slot
         return self.model.logits(hidden)  # (B, num_items)
 
 

@@ -44,7 +44,7 @@ def test_chunks_and_a_user_list(tiny_run: TinyRun, tmp_path: Path) -> None:
     model, info = load_model(tiny_run.path)
     whole, chunked = tmp_path / "whole.parquet", tmp_path / "chunked.parquet"
     score_users(model, info, tiny_run.data, whole, k=3)
-    score_users(model, info, tiny_run.data, chunked, k=3, chunk=5, batch_size=2)
+    score_users(model, info, tiny_run.data, chunked, k=3, chunk=5, batch_size=2, workers=3)
     pd.testing.assert_frame_equal(pd.read_parquet(whole), pd.read_parquet(chunked))
 
     users = tmp_path / "users.txt"
