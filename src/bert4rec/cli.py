@@ -152,8 +152,9 @@ def build_parser() -> argparse.ArgumentParser:
                    "the store; users already there are left alone")
     p.add_argument("--onnx", type=Path, default=None,
                    help="score with this ONNX export of the run (bert4rec export)")
-    p.add_argument("--threads", type=int, default=None,
-                   help="threads for scoring (default: torch's / onnxruntime's own)")
+    p.add_argument("--threads", type=int, default=1,
+                   help="threads for scoring (default 1: the event loop has the other core; "
+                   "more only pays on larger machines)")
     p.add_argument("--max-batch", type=int, default=64,
                    help="most requests scored in one forward pass (default 64)")
     p.add_argument("--max-wait-ms", type=float, default=0.0,

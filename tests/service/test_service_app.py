@@ -194,20 +194,28 @@ def test_reload_of_a_bad_run_keeps_the_old_model(sqlite_client: TestClient,
 
 def test_concurrent_requests_are_batched(tiny_run: TinyRun, tmp_path: Path) -> None:
     app = create_app(tiny_run.path, tmp_path / "events.sqlite3", max_wait=0.02)
-    histories = [[1 + i % 20, 2 + i % 25, 5] for i in range(40)]
+    # Different k, seen-item rules, candidates and empty histories in the same batches.
+    bodies: list[dict[str, Any]] = [
+        {"history": [1 + i % 20, 2 + i % 25, 5] if i % 7 else [], "k": 2 + i % 4,
+         "exclude_seen": i % 3 != 0, "candidates": [5, 6, 7, 8] if i % 5 == 0 else None}
+        for i in range(40)]
 
     async def run() -> list[list[Any]]:
         transport = httpx.ASGITransport(app=app)
         async with app.router.lifespan_context(app), httpx.AsyncClient(
                 transport=transport, base_url="http://test") as client:
-            replies = await asyncio.gather(*(
-                client.post("/recommend", json={"history": h, "k": 5}) for h in histories))
+            replies = await asyncio.gather(*(client.post("/recommend", json=b) for b in bodies))
         return [items_of(r) for r in replies]
 
     results = asyncio.run(run())
     batcher = app.state.service.batcher
     assert batcher.requests == 40 and batcher.batches < 40
-    assert results == [expected(tiny_run, h, 5) for h in histories]
+    for body, got in zip(bodies, results, strict=True):
+        if not body["history"]:  # popularity: checked elsewhere
+            continue
+        candidates = body["candidates"] and np.array(body["candidates"])
+        assert got == expected(tiny_run, body["history"], body["k"],
+                               exclude_seen=body["exclude_seen"], candidates=candidates)
 
 
 def test_a_bad_run_fails_at_start_up(tmp_path: Path) -> None:

@@ -121,46 +121,67 @@ def load_served(run_dir: str | Path, onnx: str | Path | None = None,
 
 
 class _Scored:
-    """A recommender that hands back scores computed before, so that each request of a batch
-    gets its own k, seen-item masking and candidates from :func:`recommend`."""
+    """A recommender that hands back scores computed before, so that the requests of a batch
+    get their k, seen-item masking and candidates from :func:`recommend` itself."""
 
-    def __init__(self, num_items: int, row: torch.Tensor) -> None:
+    def __init__(self, num_items: int, scores: torch.Tensor) -> None:
         self._num_items = num_items
-        self._row = row  # (1, num_items + 1)
+        self._scores = scores  # (B, num_items + 1), row i for the i-th history asked about
 
     @property
     def num_items(self) -> int:
         return self._num_items
 
     def score(self, histories: Sequence[np.ndarray]) -> torch.Tensor:
-        assert len(histories) == 1
-        return self._row
+        assert len(histories) == len(self._scores)
+        return self._scores
 
 
 def score_batch(served: ServedModel, requests: Sequence[Prepared]) -> list[Recommendation]:
     """Score ``requests`` together: one forward pass for those with a known item, popularity
-    for the others (when the run has it)."""
-    results: list[Recommendation | None] = [None] * len(requests)
+    for the others (when the run has it). Requests without candidates that agree on
+    ``exclude_seen`` share one top-k (at their largest k); each with candidates gets its own."""
     popular = served.popularity
     modelled = [i for i, r in enumerate(requests) if len(r.history) or popular is None]
+    results: dict[int, Recommendation] = {}
     with torch.inference_mode():
         if modelled:
             scores = served.recommender.score([requests[i].history for i in modelled])
-            for row, i in enumerate(modelled):
-                results[i] = _top_k(served, requests[i], _Scored(served.info.vocab.num_items,
-                                                                 scores[row : row + 1]), None)
-        for i, request in enumerate(requests):
-            if results[i] is None:
-                assert popular is not None
-                results[i] = _top_k(served, request, popular, FALLBACK_POPULARITY)
-    return [r for r in results if r is not None]
+            scored = dict(zip(modelled, scores, strict=True))  # request -> (num_items + 1,)
+            for group in _groups(requests, modelled):
+                model = _Scored(served.info.vocab.num_items,
+                                torch.stack([scored[i] for i in group]))
+                results.update(_top_k(served, requests, group, model, None))
+        fallback = [i for i in range(len(requests)) if i not in results]
+        if fallback:
+            assert popular is not None
+            for group in _groups(requests, fallback):
+                results.update(_top_k(served, requests, group, popular, FALLBACK_POPULARITY))
+    return [results[i] for i in range(len(requests))]
 
 
-def _top_k(served: ServedModel, request: Prepared, model: Recommender,
-           fallback: str | None) -> Recommendation:
-    ids, scores = recommend(model, [request.history], k=request.k,
-                            exclude_seen=request.exclude_seen, candidates=request.candidates)
-    return served.finish(request, ids[0], scores[0], fallback)
+def _groups(requests: Sequence[Prepared], indices: list[int]) -> list[list[int]]:
+    """Requests that can share one top-k: no candidates and the same exclude_seen."""
+    shared: dict[bool, list[int]] = {}
+    alone = []
+    for i in indices:
+        if requests[i].candidates is None:
+            shared.setdefault(requests[i].exclude_seen, []).append(i)
+        else:
+            alone.append([i])
+    return [*shared.values(), *alone]
+
+
+def _top_k(served: ServedModel, requests: Sequence[Prepared], group: list[int],
+           model: Recommender, fallback: str | None) -> dict[int, Recommendation]:
+    first = requests[group[0]]
+    k = max(requests[i].k for i in group)
+    ids, scores = recommend(model, [requests[i].history for i in group], k=k,
+                            exclude_seen=first.exclude_seen, candidates=first.candidates,
+                            batch_size=len(group))
+    return {i: served.finish(requests[i], ids[row, : requests[i].k],
+                             scores[row, : requests[i].k], fallback)
+            for row, i in enumerate(group)}
 
 
 @dataclass
