@@ -61,6 +61,7 @@ class ServiceState:
     store: EventStore
     batcher: Batcher
     onnx_threads: int | None = None
+    bf16: bool = False
 
 
 def create_app(
@@ -70,17 +71,21 @@ def create_app(
     max_batch: int = 64,
     max_wait: float = 0.0,
     onnx_threads: int | None = None,
+    bf16: bool = False,
 ) -> FastAPI:
     """The service for the run in ``run`` (scored with the ONNX export ``onnx`` when given)
     and the event store at ``db`` (an SQLite path or a ``postgresql://`` URL). Loading fails
-    here, with a :class:`bert4rec.errors.Bert4RecError`, not at the first request."""
-    state = ServiceState(load_served(run, onnx, onnx_threads), open_store(db),
-                         Batcher(max_batch, max_wait), onnx_threads)
+    here, with a :class:`bert4rec.errors.Bert4RecError`, not at the first request. See
+    :class:`~bert4rec.service.engine.Batcher` for ``max_batch`` and ``max_wait`` (seconds),
+    :func:`~bert4rec.service.engine.load_served` for ``onnx_threads`` and ``bf16``."""
+    state = ServiceState(load_served(run, onnx, onnx_threads, bf16), open_store(db),
+                         Batcher(max_batch, max_wait), onnx_threads, bf16)
     reload_lock = asyncio.Lock()
 
     async def reload(run: str | Path, onnx: str | Path | None) -> ServedModel:
         async with reload_lock:
-            served = await run_in_threadpool(load_served, run, onnx, state.onnx_threads)
+            served = await run_in_threadpool(load_served, run, onnx, state.onnx_threads,
+                                             state.bf16)
             state.served = served  # requests queued before keep their model
             log.info("serving %s (%s)", served.source, served.backend)
             return served

@@ -66,6 +66,7 @@ class ServedModel:
     backend: str  # "torch" or "onnx"
     source: Path  # the run directory, or the ONNX file
     loaded_at: float
+    bf16: bool = False  # score under bfloat16 autocast (PyTorch only)
 
     @property
     def popularity(self) -> PopularityRecommender | None:
@@ -73,7 +74,8 @@ class ServedModel:
         return None if counts is None else PopularityRecommender(torch.from_numpy(counts))
 
     def describe(self) -> dict[str, Any]:
-        return {"run": str(self.info.path), "model": self.info.model, "backend": self.backend,
+        return {"run": str(self.info.path), "model": self.info.model,
+                "backend": f"{self.backend}-bf16" if self.bf16 else self.backend,
                 "source": str(self.source), "items": self.info.vocab.num_items,
                 "max_history": self.max_history, "loaded_at": self.loaded_at}
 
@@ -106,9 +108,11 @@ class ServedModel:
 
 
 def load_served(run_dir: str | Path, onnx: str | Path | None = None,
-                onnx_threads: int | None = None) -> ServedModel:
+                onnx_threads: int | None = None, bf16: bool = False) -> ServedModel:
     """Load a run directory (model, vocabulary, titles, popularity); with ``onnx``, score with
-    that export of the run's model through onnxruntime instead of PyTorch."""
+    that export of the run's model through onnxruntime instead of PyTorch. ``bf16`` scores a
+    PyTorch model under bfloat16 autocast: faster for batches on CPUs with AMX or AVX-512
+    BF16, and near-ties may swap places."""
     model, info = load_model(run_dir)
     if onnx is not None:
         from bert4rec.export import OnnxRecommender
@@ -117,7 +121,7 @@ def load_served(run_dir: str | Path, onnx: str | Path | None = None,
         return ServedModel(recommender, info, "onnx", Path(onnx), time.time())
     if isinstance(model, torch.nn.Module):
         model.eval()
-    return ServedModel(model, info, "torch", Path(run_dir), time.time())
+    return ServedModel(model, info, "torch", Path(run_dir), time.time(), bf16=bf16)
 
 
 class _Scored:
@@ -146,7 +150,8 @@ def score_batch(served: ServedModel, requests: Sequence[Prepared]) -> list[Recom
     results: dict[int, Recommendation] = {}
     with torch.inference_mode():
         if modelled:
-            scores = served.recommender.score([requests[i].history for i in modelled])
+            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=served.bf16):
+                scores = served.recommender.score([requests[i].history for i in modelled])
             scored = dict(zip(modelled, scores, strict=True))  # request -> (num_items + 1,)
             for group in _groups(requests, modelled):
                 model = _Scored(served.info.vocab.num_items,
