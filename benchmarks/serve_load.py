@@ -10,8 +10,10 @@ over the users, so no two requests are the same.
     python benchmarks/serve_load.py --run runs/ml-1m --data ml-1m.txt --rate 300 --duration 60
     python benchmarks/serve_load.py --run runs/ml-1m --data ml-1m.txt --search
 
-``--search`` raises the rate in steps until a step misses the bar (p99 <= --p99-ms, no errors,
-throughput within 2 % of the rate) and reports the highest rate that met it.
+``--search`` raises the rate in steps until ``--misses`` steps in a row miss the bar (p99 <=
+--p99-ms, no errors, throughput within 2 % of the rate) and reports the highest rate that met
+it. Each step records the load average and CPU pressure: on a shared machine, other processes
+decide much of the tail.
 """
 
 from __future__ import annotations
@@ -147,7 +149,17 @@ async def run_step(host: str, port: int, bodies: list[bytes], rate: float,
         "p90_ms": round(float(np.percentile(ms, 90)), 2) if done else None,
         "p99_ms": round(float(np.percentile(ms, 99)), 2) if done else None,
         "max_ms": round(float(ms.max()), 2) if done else None,
+        # Other processes on the machine: the share of time some task waited for a CPU.
+        "load_average": [round(v, 2) for v in os.getloadavg()], "cpu_pressure": cpu_pressure(),
     }
+
+
+def cpu_pressure() -> str | None:
+    """The kernel's CPU pressure line ('some avg10=... avg60=...'), where there is one."""
+    try:
+        return Path("/proc/pressure/cpu").read_text().splitlines()[0]
+    except (OSError, IndexError):
+        return None
 
 
 def meets(step: dict[str, Any], p99_ms: float) -> bool:
@@ -196,15 +208,14 @@ async def measure(args: argparse.Namespace, host: str, port: int) -> dict[str, A
     await run_step(host, port, warm, args.rate)  # first batches, allocator, caches
     steps = []
     if args.search:
-        rate = args.start_rate
-        while rate <= args.max_rate:
+        rate, misses = args.start_rate, 0
+        while rate <= args.max_rate and misses < args.misses:
             bodies = request_bodies(histories, int(rate * args.step_duration), args.k)
             step = await run_step(host, port, bodies, rate)
             step["meets"] = meets(step, args.p99_ms)
             steps.append(step)
             print(json.dumps(step), flush=True)
-            if not step["meets"]:
-                break
+            misses = 0 if step["meets"] else misses + 1
             rate += args.rate_step
         passed = [s["rate"] for s in steps if s["meets"]]
         return {"search": steps, "highest_sustained_rate": max(passed) if passed else None}
@@ -242,6 +253,8 @@ def main() -> None:
     parser.add_argument("--rate-step", type=float, default=50)
     parser.add_argument("--max-rate", type=float, default=2000)
     parser.add_argument("--step-duration", type=float, default=20)
+    parser.add_argument("--misses", type=int, default=2,
+                        help="stop the search after this many steps in a row miss the bar")
     parser.add_argument("--workdir", default="/tmp", help="where the service's store goes")
     parser.add_argument("--output", type=Path, default=None, help="write the report (JSON)")
     args = parser.parse_args()

@@ -477,6 +477,8 @@ def _recommend_batch(args: argparse.Namespace) -> int:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
+    import gc
+
     import uvicorn
 
     from bert4rec.service import create_app
@@ -494,6 +496,10 @@ def cmd_serve(args: argparse.Namespace) -> int:
     served = app.state.service.served
     _say(f"serving {served.source} ({served.backend}, {served.info.vocab.num_items} items) on "
          f"http://{args.host}:{args.port}; events in {args.db.split('@')[-1]}")
+    # What is loaded now lives as long as the process: keep the garbage collector from
+    # walking it again and again (each full collection pauses every request in flight).
+    gc.collect()
+    gc.freeze()
     uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level,
                 access_log=False, loop=_fastest("uvloop", "auto"),
                 http=_fastest("httptools", "auto"))

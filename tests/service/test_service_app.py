@@ -221,3 +221,20 @@ def test_concurrent_requests_are_batched(tiny_run: TinyRun, tmp_path: Path) -> N
 def test_a_bad_run_fails_at_start_up(tmp_path: Path) -> None:
     with pytest.raises(RunError, match="not a run directory"):
         create_app(tmp_path, tmp_path / "events.sqlite3")
+
+
+def test_a_failing_store_is_a_503(sqlite_client: TestClient,
+                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    import sqlite3
+
+    def fail(*args: Any) -> None:
+        raise sqlite3.OperationalError("disk I/O error")
+
+    store = sqlite_client.app.state.service.store  # type: ignore[attr-defined]
+    monkeypatch.setattr(store, "history", fail)
+    monkeypatch.setattr(store, "ping", fail)
+    response = sqlite_client.get("/users/bob/recommendations")
+    assert response.status_code == 503
+    assert response.json()["detail"] == "event store unavailable: disk I/O error"
+    assert sqlite_client.get("/ready").status_code == 503
+    assert sqlite_client.post("/recommend", json={"history": [1]}).status_code == 200

@@ -133,3 +133,17 @@ def test_unreachable_postgres_says_so() -> None:
     with pytest.raises(ConfigError, match=r"cannot connect to the event store "
                        r"postgresql://bert4rec:\*\*\*@127.0.0.1:9/none"):
         open_store("postgresql://bert4rec:secret@127.0.0.1:9/none")
+
+
+def test_postgres_reconnects_after_losing_its_connection(pg_url: str) -> None:
+    import psycopg
+
+    store = open_store(pg_url)
+    store.append("u1", ["1"])
+    pid = store._connect().info.backend_pid  # type: ignore[attr-defined]
+    with psycopg.connect(pg_url, autocommit=True) as admin:
+        admin.execute("SELECT pg_terminate_backend(%s)", (pid,))
+    with pytest.raises(psycopg.OperationalError):
+        store.history("u1")  # the service answers this one with a 503
+    assert store.history("u1") == ["1"]  # and the next call reconnects
+    store.close()

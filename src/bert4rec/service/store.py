@@ -220,7 +220,7 @@ class PostgresStore:
 
     def _connect(self) -> Any:
         conn = getattr(self._local, "conn", None)
-        if conn is None or conn.closed:
+        if conn is None or conn.closed or conn.broken:  # broken: the server went away
             import psycopg
 
             try:
