@@ -110,11 +110,7 @@ async def run_step(host: str, port: int, bodies: list[bytes], rate: float,
     errors: dict[str, int] = defaultdict(int)
     start = time.perf_counter() + 0.05
 
-    async def one(i: int, body: bytes) -> None:
-        planned = start + i / rate
-        delay = planned - time.perf_counter()
-        if delay > 0:
-            await asyncio.sleep(delay)
+    async def one(planned: float, body: bytes) -> None:
         conn = idle.pop() if idle else Connection(host, port)
         try:
             try:
@@ -135,7 +131,19 @@ async def run_step(host: str, port: int, bodies: list[bytes], rate: float,
             errors[f"HTTP {status}"] += 1
         idle.append(conn)
 
-    await asyncio.gather(*(one(i, body) for i, body in enumerate(bodies)))
+    # Requests are started one by one at their planned times: creating thousands of tasks up
+    # front would itself delay the first requests.
+    tasks = set()
+    for i, body in enumerate(bodies):
+        planned = start + i / rate
+        delay = planned - time.perf_counter()
+        if delay > 0:
+            await asyncio.sleep(delay)
+        task = asyncio.create_task(one(planned, body))
+        tasks.add(task)
+        task.add_done_callback(tasks.discard)
+    while tasks:
+        await asyncio.gather(*list(tasks))
     elapsed = time.perf_counter() - start
     for conn in idle:
         conn.close()
