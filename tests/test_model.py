@@ -169,3 +169,15 @@ def test_written_out_attention_matches_the_fused_kernel(monkeypatch: pytest.Monk
     fused = F.scaled_dot_product_attention(q, k, v, attn_mask=attend)
     # With every element kept, dropout only rescales by 1 / (1 - p).
     torch.testing.assert_close(attention(q, k, v, attend, 0.2, masks) * 0.8, fused)
+
+def test_last_only_encoding_is_the_last_slot_of_the_full_one() -> None:
+    torch.manual_seed(0)
+    model = BERT4Rec(BERT4RecConfig(num_items=50, max_len=12, hidden_size=16, num_layers=3,
+                                    num_heads=2)).eval()
+    histories = [np.arange(1, 1 + n) for n in (0, 1, 5, 11, 30)]
+    tokens = model.inference_tokens(histories)  # left-padded to different lengths
+    with torch.no_grad():
+        full = model.encode(tokens)[:, -1]
+        last = model.encode(tokens, last_only=True)
+    assert last.shape == (5, 1, 16)
+    torch.testing.assert_close(last[:, -1], full, rtol=1e-5, atol=1e-6)

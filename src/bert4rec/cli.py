@@ -7,6 +7,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
+import os
 import shlex
 import sys
 from collections.abc import Sequence
@@ -117,14 +118,26 @@ def build_parser() -> argparse.ArgumentParser:
     _add_data_options(p, defaults=False)
     p.set_defaults(func=cmd_evaluate)
 
-    p = sub.add_parser("recommend", help="top-k items for a history or a known user")
+    p = sub.add_parser("recommend", help="top-k items for a history or a known user, or for "
+                       "every user of a log into a file (--output)")
     p.add_argument("--run", required=True, type=Path)
-    who = p.add_mutually_exclusive_group(required=True)
+    who = p.add_mutually_exclusive_group()
     who.add_argument("--history", help="item ids, oldest first, separated by spaces or commas")
     who.add_argument("--user", help="a known user's id (needs --data)")
-    p.add_argument("--data", help="the training log, to look up --user")
+    who.add_argument("--output", type=Path, default=None,
+                     help="score every user of --data (or those of --users) and write user, "
+                     "rank, item, score rows here (.parquet or .csv)")
+    p.add_argument("--data", help="the training log, to look up --user or to score (--output)")
+    p.add_argument("--users", type=Path, default=None,
+                   help="with --output: only these users (a file, one id a line)")
     p.add_argument("-k", type=int, default=10)
     p.add_argument("--include-seen", action="store_true", help="allow items of the history")
+    p.add_argument("--workers", type=int, default=None,
+                   help="with --output: chunks of users scored at once, each on one torch "
+                   "thread (default: one per core)")
+    p.add_argument("--precision", choices=("fp32", "bf16"), default="fp32",
+                   help="with --output: bf16 autocast is faster on CPUs with AMX/AVX-512 BF16; "
+                   "near-ties may swap (default fp32)")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_recommend)
 
@@ -147,6 +160,55 @@ def build_parser() -> argparse.ArgumentParser:
                    help="write attribution.png and attention.png here")
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.set_defaults(func=cmd_explain)
+
+    p = sub.add_parser("serve", help="serve a run over HTTP (see /docs once running)")
+    p.add_argument("--run", required=True, type=Path, help="run directory to serve")
+    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--port", type=int, default=8000)
+    p.add_argument("--db", default="events.sqlite3",
+                   help="event store: an SQLite file (default: events.sqlite3) or a "
+                   "postgresql://USER:PASSWORD@HOST/DB URL")
+    p.add_argument("--import-history", metavar="DATA", default=None,
+                   help="first import the users of this log (the run's training data) into "
+                   "the store; users already there are left alone")
+    p.add_argument("--onnx", type=Path, default=None,
+                   help="score with this ONNX export of the run (bert4rec export)")
+    p.add_argument("--threads", type=int, default=1,
+                   help="threads for scoring (default 1: the event loop has the other core; "
+                   "more only pays on larger machines)")
+    p.add_argument("--precision", choices=("fp32", "bf16"), default="fp32",
+                   help="bf16: bfloat16 autocast, faster for batches on CPUs with AMX/AVX-512 "
+                   "BF16; near-ties may swap (default fp32; PyTorch only)")
+    p.add_argument("--max-batch", type=int, default=64,
+                   help="most requests scored in one forward pass (default 64)")
+    p.add_argument("--max-wait-ms", type=float, default=0.0,
+                   help="wait this long for more requests before scoring a batch (default 0: "
+                   "score what is queued; requests arriving meanwhile form the next batch)")
+    p.add_argument("--log-level", default="warning",
+                   choices=("critical", "error", "warning", "info", "debug"))
+    p.set_defaults(func=cmd_serve)
+
+    p = sub.add_parser("store", help="the service's event store: import a log, export events")
+    store = p.add_subparsers(dest="store", required=True, metavar="ACTION")
+    p = store.add_parser("import", help="append the users of a log to the store (users already "
+                         "there are skipped)")
+    p.add_argument("--db", default="events.sqlite3", help="SQLite file or postgresql:// URL")
+    p.add_argument("--data", required=True, help="interaction log")
+    p.add_argument("--run", type=Path, default=None,
+                   help="read the log with this run's preparation options and check it is the "
+                   "run's training data")
+    _add_data_options(p, defaults=False)
+    p.set_defaults(func=cmd_store_import)
+    p = store.add_parser("export", help="write every event as 'user item' lines in arrival "
+                         "order, the pairs format 'bert4rec train' reads")
+    p.add_argument("--db", default="events.sqlite3", help="SQLite file or postgresql:// URL")
+    p.add_argument("--output", required=True, type=Path)
+    p.set_defaults(func=cmd_store_export)
+
+    p = sub.add_parser("export", help="export a BERT4Rec run's model to ONNX")
+    p.add_argument("--run", required=True, type=Path)
+    p.add_argument("--output", required=True, type=Path, help="the .onnx file to write")
+    p.set_defaults(func=cmd_export)
 
     p = sub.add_parser("synthetic", help="write a synthetic log with a planted sequential pattern")
     p.add_argument("--output", required=True, type=Path)
@@ -377,6 +439,12 @@ def _parse_history(text: str) -> list[str]:
 def cmd_recommend(args: argparse.Namespace) -> int:
     if args.k < 1:
         raise DataError("-k must be at least 1")
+    if args.output is not None:
+        return _recommend_batch(args)
+    if args.users is not None:
+        raise DataError("--users goes with --output (batch scoring)")
+    if args.history is None and args.user is None:
+        raise DataError("give --history, --user (with --data) or --output (with --data)")
     model, info = load_model(args.run)
     skipped: list[Any] = []
     if args.user is not None:
@@ -489,6 +557,119 @@ def _explanation_text(result: Explanation, rows: int) -> str:
     lines += ["", "Columns grad*in (gradient x input) and rollout (attention rollout) are weaker "
               "evidence:", "attention shows where the model looked, not what changed its answer."]
     return "\n".join(lines)
+
+def _recommend_batch(args: argparse.Namespace) -> int:
+    import time
+
+    from bert4rec.batch import read_users, score_users
+
+    if not args.data:
+        raise DataError("--output needs --data: the log whose users to score")
+    workers = args.workers or os.cpu_count() or 1
+    if workers < 1:
+        raise DataError("--workers must be at least 1")
+    if workers > 1:
+        torch.set_num_threads(1)  # parallel over chunks, not inside each matrix product
+    users = read_users(args.users) if args.users is not None else None
+    model, info = load_model(args.run)
+    data = load_interactions(_data_path(args.data), info.prepare)
+    started = time.perf_counter()
+    rows = score_users(model, info, data, args.output, users=users, k=args.k,
+                       exclude_seen=not args.include_seen, workers=workers,
+                       bf16=args.precision == "bf16")
+    count = len(users) if users is not None else data.num_users
+    _say(f"wrote {args.output}: {rows} rows for {count} users in "
+         f"{time.perf_counter() - started:.1f}s")
+    return 0
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    import gc
+
+    import uvicorn
+
+    from bert4rec.service import create_app
+
+    if args.threads < 1 or args.max_batch < 1 or args.max_wait_ms < 0:
+        raise DataError("--threads and --max-batch must be at least 1, --max-wait-ms >= 0")
+    if args.onnx is not None and args.precision == "bf16":
+        raise DataError("--precision bf16 is for PyTorch; an ONNX export scores in fp32")
+    torch.set_num_threads(args.threads)
+    if args.import_history is not None:
+        _import_history(args.db, args.import_history, args.run, None)
+    app = create_app(args.run, args.db, onnx=args.onnx, max_batch=args.max_batch,
+                     max_wait=args.max_wait_ms / 1000, onnx_threads=args.threads,
+                     bf16=args.precision == "bf16")
+    served = app.state.service.served
+    _say(f"serving {served.source} ({served.backend}, {served.info.vocab.num_items} items) on "
+         f"http://{args.host}:{args.port}; events in {args.db.split('@')[-1]}")
+    # What is loaded now lives as long as the process: keep the garbage collector from
+    # walking it again and again (each full collection pauses every request in flight).
+    gc.collect()
+    gc.freeze()
+    uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level,
+                access_log=False, loop=_fastest("uvloop", "auto"),
+                http=_fastest("httptools", "auto"))
+    return 0
+
+
+def _fastest(module: str, otherwise: str) -> str:
+    import importlib.util
+
+    return module if importlib.util.find_spec(module) is not None else otherwise
+
+
+def _import_history(db: str, data_path: str, run: Path | None,
+                    args: argparse.Namespace | None) -> None:
+    from bert4rec.service.store import import_interactions, open_store
+
+    options = None
+    info = None
+    if run is not None:
+        info = load_model(run)[1]
+        options = info.prepare
+    if args is not None:
+        options = _prepare_options(args, options)
+    data = load_interactions(_data_path(data_path), options)
+    if info is not None:
+        info.check_data(data)
+    store = open_store(db)
+    try:
+        users, events, skipped = import_interactions(store, data)
+    finally:
+        store.close()
+    _say(f"imported {events} events of {users} users into {db.split('@')[-1]}"
+         + (f"; {skipped} users were there already and are unchanged" if skipped else ""))
+
+
+def cmd_store_import(args: argparse.Namespace) -> int:
+    _import_history(args.db, args.data, args.run, args)
+    return 0
+
+
+def cmd_store_export(args: argparse.Namespace) -> int:
+    from bert4rec.service.store import export_pairs, open_store
+
+    store = open_store(args.db)
+    try:
+        count = export_pairs(store, args.output)
+    finally:
+        store.close()
+    _say(f"wrote {count} events to {args.output}; train on them with "
+         f"'bert4rec train --data {args.output} ...'")
+    return 0
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    from bert4rec.export import export_onnx
+    from bert4rec.model import BERT4Rec
+
+    model, info = load_model(args.run)
+    if not isinstance(model, BERT4Rec):
+        raise DataError(f"{args.run} holds a {info.model} model; export takes bert4rec runs")
+    path = export_onnx(model, args.output, run=args.run)
+    _say(f"wrote {path} ({path.stat().st_size / 1e6:.1f} MB)")
+    return 0
 
 
 def cmd_synthetic(args: argparse.Namespace) -> int:

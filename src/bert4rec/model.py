@@ -142,17 +142,19 @@ def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, attend: torch.T
     with ``bernoulli_``, so it is written out here with fast masks."""
     if p == 0.0 or masks is None or q.device.type != "cpu":
         return F.scaled_dot_product_attention(q, k, v, attn_mask=attend, dropout_p=p)
-    b, heads, t, d_head = q.shape
+    b, heads, tq, d_head = q.shape
+    t = k.shape[2]
     # Padding keys get -inf, added inside the matmul together with the 1/sqrt(d) scale: every
     # pass over a (B, heads, T, T) tensor that can be avoided is.
     mask = torch.zeros(attend.shape, dtype=q.dtype, device=q.device)
     mask = mask.masked_fill(~attend, float("-inf")).expand(b, heads, 1, t).reshape(-1, 1, t)
-    scores = torch.baddbmm(mask, q.reshape(-1, t, d_head), k.reshape(-1, t, d_head).mT,
-                           alpha=d_head**-0.5)  # (B * heads, T, T)
+    scores = torch.baddbmm(mask, q.reshape(-1, tq, d_head), k.reshape(-1, t, d_head).mT,
+                           alpha=d_head**-0.5)  # (B * heads, Tq, T)
     probs = torch.softmax(scores, dim=-1)
     if torch.is_autocast_enabled("cpu"):  # autocast's softmax is fp32; its matmul would cast
         probs = probs.to(torch.get_autocast_dtype("cpu"))
-    return (dropout(probs, p, True, masks) @ v.reshape(-1, t, d_head)).view(b, heads, t, d_head)
+    out = dropout(probs, p, True, masks) @ v.reshape(-1, t, d_head)
+    return out.view(b, heads, tq, d_head)
 
 
 class TransformerBlock(nn.Module):
@@ -172,14 +174,18 @@ class TransformerBlock(nn.Module):
         self.norm2 = nn.LayerNorm(d, eps=config.layer_norm_eps)
         self.dropout = Dropout(config.hidden_dropout, masks)
 
-    def forward(self, h: torch.Tensor, attend: torch.Tensor) -> torch.Tensor:
-        """``h``: (B, T, d); ``attend``: (B, 1, 1, T) bool, False at padding keys."""
+    def forward(self, h: torch.Tensor, attend: torch.Tensor, last_only: bool = False
+                ) -> torch.Tensor:
+        """``h``: (B, T, d); ``attend``: (B, 1, 1, T) bool, False at padding keys. With
+        ``last_only``, only the last slot attends and goes on: (B, 1, d) out."""
         b, t, d = h.shape
         q, k, v = self.qkv(h).view(b, t, 3, self.num_heads, d // self.num_heads).unbind(2)
         q, k, v = (x.transpose(1, 2) for x in (q, k, v))  # (B, heads, T, d_head)
+        if last_only:  # every key and value, one query: the [MASK] slot at inference
+            q, h = q[:, :, -1:], h[:, -1:]  # (B, heads, 1, d_head), (B, 1, d)
         a = attention(q, k, v, attend, self.attention_dropout if self.training else 0.0,
                       self.masks)
-        a = a.transpose(1, 2).reshape(b, t, d)  # (B, T, d)
+        a = a.transpose(1, 2).reshape(b, h.shape[1], d)  # (B, T or 1, d)
         h = self.norm1(h + self.dropout(self.out(a)))
         # Exact (erf) GELU, as in the paper and BERT.
         return self.norm2(h + self.dropout(self.ffn_out(F.gelu(self.ffn_in(h)))))
@@ -299,15 +305,18 @@ class BERT4Rec(nn.Module):
     def device(self) -> torch.device:
         return self.output_bias.device
 
-    def encode(self, tokens: torch.Tensor) -> torch.Tensor:
-        """Hidden states (B, T, d) of left-padded token ids (B, T), T <= max_len."""
+    def encode(self, tokens: torch.Tensor, last_only: bool = False) -> torch.Tensor:
+        """Hidden states (B, T, d) of left-padded token ids (B, T), T <= max_len. With
+        ``last_only``, the last slot's only, (B, 1, d): the last block then computes one query
+        instead of T (inference reads nothing else), the same numbers for a fraction of the
+        work."""
         t = tokens.shape[1]
         positions = torch.arange(self.config.max_len - t, self.config.max_len, device=tokens.device)
         h = self.item_embedding(tokens) + self.position_embedding(positions)[None]  # (B, T, d)
         h = self.embedding_dropout(self.embedding_norm(h))
         attend = (tokens != 0)[:, None, None, :]  # (B, 1, 1, T): padding is never attended to
-        for block in self.blocks:
-            h = block(h, attend)
+        for i, block in enumerate(self.blocks):
+            h = block(h, attend, last_only=last_only and i == len(self.blocks) - 1)
         return h
 
     def head(self, hidden: torch.Tensor) -> torch.Tensor:
@@ -359,15 +368,7 @@ class BERT4Rec(nn.Module):
 
     def inference_tokens(self, histories: Sequence[np.ndarray]) -> torch.Tensor:
         """Left-padded (B, T) tokens: the last ``max_len - 1`` items, then ``[MASK]``."""
-        keep = self.config.max_len - 1
-        clipped = [np.asarray(h, dtype=np.int64)[-keep:] if len(h) else np.zeros(0, np.int64)
-                   for h in histories]
-        t = max(len(h) for h in clipped) + 1 if clipped else 1
-        tokens = np.zeros((len(clipped), t), dtype=np.int64)
-        for row, h in enumerate(clipped):
-            tokens[row, t - 1 - len(h) : t - 1] = h
-        tokens[:, -1] = self.config.mask_id
-        return torch.from_numpy(tokens)
+        return inference_tokens(histories, self.config.max_len, self.config.mask_id)
 
     @torch.no_grad()
     def score(self, histories: Sequence[np.ndarray]) -> torch.Tensor:
@@ -376,7 +377,7 @@ class BERT4Rec(nn.Module):
         was_training = self.training
         self.eval()
         tokens = self.inference_tokens(histories).to(self.device)
-        hidden = self.encode(tokens)[:, -1]  # (B, d): the [MASK] slot
+        hidden = self.encode(tokens, last_only=True)[:, -1]  # (B, d): the [MASK] slot
         logits = self.logits(hidden).float()
         self.train(was_training)
         pad = torch.full((len(histories), 1), -math.inf, device=logits.device)
@@ -400,7 +401,7 @@ class BERT4Rec(nn.Module):
         was_training = self.training
         self.eval()
         tokens = self.inference_tokens(histories).to(self.device)
-        query = self.head(self.encode(tokens)[:, -1])  # (B, d): the [MASK] slot
+        query = self.head(self.encode(tokens, last_only=True)[:, -1])  # (B, d): the [MASK] slot
         self.train(was_training)
         weight = self.item_embedding.weight
         for start in range(0, n + 1, chunk):
@@ -426,3 +427,21 @@ class BERT4Rec(nn.Module):
 
     def config_dict(self) -> dict[str, Any]:
         return self.config.to_dict()
+
+
+def inference_tokens(
+    histories: Sequence[np.ndarray], max_len: int, mask_id: int, width: int | None = None
+) -> torch.Tensor:
+    """Left-padded (B, T) tokens: the last ``max_len - 1`` items of each history, then
+    ``[MASK]``. T is the longest such row, or ``width`` (>= it) when given, e.g. ``max_len``
+    for an export with a fixed input shape; padding never changes a score."""
+    keep = max_len - 1
+    clipped = [np.asarray(h, dtype=np.int64)[-keep:] if len(h) else np.zeros(0, np.int64)
+               for h in histories]
+    t = max(len(h) for h in clipped) + 1 if clipped else 1
+    t = max(t, width or 0)
+    tokens = np.zeros((len(clipped), t), dtype=np.int64)
+    for row, h in enumerate(clipped):
+        tokens[row, t - 1 - len(h) : t - 1] = h
+    tokens[:, -1] = mask_id
+    return torch.from_numpy(tokens)

@@ -1,0 +1,239 @@
+"""The HTTP service: ``create_app(run_dir, db)`` returns a FastAPI app.
+
+Stateless: ``POST /recommend`` with a history of original item ids. Stateful: events appended
+to a user's stored history (``POST /users/{user}/events``) and recommendations from it
+(``GET /users/{user}/recommendations``); ``DELETE /users/{user}`` forgets the user. The model
+is loaded once, here, and replaced whole by ``POST /admin/reload`` or SIGHUP while requests
+keep being served. The OpenAPI schema is at ``/openapi.json``, the docs at ``/docs``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Annotated, Any, TypeVar
+
+from fastapi import FastAPI, HTTPException, Query
+from fastapi import Path as PathParam
+from fastapi.responses import JSONResponse
+from starlette.concurrency import run_in_threadpool
+
+from bert4rec.errors import Bert4RecError
+from bert4rec.service.engine import Batcher, Recommendation, ServedModel, load_served
+from bert4rec.service.schemas import (
+    MAX_K,
+    USER_PATTERN,
+    DeleteResponse,
+    EventsRequest,
+    EventsResponse,
+    Health,
+    ModelInfo,
+    Problem,
+    Ready,
+    Recommendations,
+    RecommendRequest,
+    ReloadRequest,
+    ScoredItem,
+    UserEvents,
+)
+from bert4rec.service.store import EventStore, open_store
+
+log = logging.getLogger("bert4rec.service")
+T = TypeVar("T")
+
+User = Annotated[str, PathParam(pattern=USER_PATTERN, description="A user id (no spaces).")]
+STORE_DOWN: dict[int | str, dict[str, Any]] = {
+    503: {"model": Problem, "description": "The event store cannot be reached."}}
+BAD_BODY: dict[int | str, dict[str, Any]] = {
+    400: {"model": Problem, "description": "The body cannot be parsed: send JSON."}}
+
+
+@dataclass
+class ServiceState:
+    """What the routes share. ``served`` is replaced whole on reload, never changed."""
+
+    served: ServedModel
+    store: EventStore
+    batcher: Batcher
+    onnx_threads: int | None = None
+    bf16: bool = False
+
+
+def create_app(
+    run: str | Path,
+    db: str | Path = "events.sqlite3",
+    onnx: str | Path | None = None,
+    max_batch: int = 64,
+    max_wait: float = 0.0,
+    onnx_threads: int | None = None,
+    bf16: bool = False,
+) -> FastAPI:
+    """The service for the run in ``run`` (scored with the ONNX export ``onnx`` when given)
+    and the event store at ``db`` (an SQLite path or a ``postgresql://`` URL). Loading fails
+    here, with a :class:`bert4rec.errors.Bert4RecError`, not at the first request. See
+    :class:`~bert4rec.service.engine.Batcher` for ``max_batch`` and ``max_wait`` (seconds),
+    :func:`~bert4rec.service.engine.load_served` for ``onnx_threads`` and ``bf16``."""
+    state = ServiceState(load_served(run, onnx, onnx_threads, bf16), open_store(db),
+                         Batcher(max_batch, max_wait), onnx_threads, bf16)
+    reload_lock = asyncio.Lock()
+
+    async def reload(run: str | Path, onnx: str | Path | None) -> ServedModel:
+        async with reload_lock:
+            served = await run_in_threadpool(load_served, run, onnx, state.onnx_threads,
+                                             state.bf16)
+            state.served = served  # requests queued before keep their model
+            log.info("serving %s (%s)", served.source, served.backend)
+            return served
+
+    def on_sighup() -> None:
+        served = state.served
+        onnx_file = served.source if served.backend == "onnx" else None
+        task = asyncio.ensure_future(reload(served.info.path, onnx_file))
+        task.add_done_callback(_log_failure)
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        state.batcher.start()
+        loop = asyncio.get_running_loop()
+        with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
+            loop.add_signal_handler(signal.SIGHUP, on_sighup)  # main thread only
+        try:
+            yield
+        finally:
+            with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
+                loop.remove_signal_handler(signal.SIGHUP)
+            await state.batcher.stop()
+            state.store.close()
+
+    app = FastAPI(title="bert4rec", version="1", lifespan=lifespan,
+                  description="BERT4Rec recommendations for item histories and stored users.")
+    app.state.service = state
+
+    async def store_call(fn: Callable[..., T], *args: Any) -> T:
+        """Run a blocking store call on a worker thread; a database failure is a 503."""
+        try:
+            return await run_in_threadpool(fn, *args)
+        except Bert4RecError as exc:
+            raise HTTPException(503, f"event store unavailable: {exc}") from exc
+        except Exception as exc:
+            if _is_database_error(exc):
+                raise HTTPException(503, f"event store unavailable: {exc}") from exc
+            raise
+
+    async def recommend(history: list[Any], k: int, exclude_seen: bool,
+                        candidates: list[Any] | None, user: str | None = None
+                        ) -> Recommendations:
+        served = state.served
+        prepared = served.prepare(history, k, exclude_seen, candidates)
+        result = await state.batcher.submit(served, prepared)
+        return _response(result, user)
+
+    @app.get("/health", response_model=Health, tags=["operations"])
+    async def health() -> Health:
+        """The process is up."""
+        return Health(status="ok")
+
+    @app.get("/ready", response_model=Ready, tags=["operations"],
+             responses={503: {"model": Ready, "description": "Not ready."}})
+    async def ready() -> Any:
+        """A model is loaded and the event store answers."""
+        served = state.served
+        try:
+            await run_in_threadpool(state.store.ping)
+        except Exception as exc:
+            return JSONResponse(Ready(status="unavailable", problem=f"event store: {exc}")
+                                .model_dump(), status_code=503)
+        return Ready(status="ready", model=ModelInfo(**served.describe()),
+                     store=state.store.url.split("@")[-1])
+
+    @app.get("/model", response_model=ModelInfo, tags=["operations"])
+    async def model_info() -> ModelInfo:
+        """The run being served."""
+        return ModelInfo(**state.served.describe())
+
+    @app.post("/recommend", response_model=Recommendations, tags=["recommend"],
+              responses=BAD_BODY)
+    async def recommend_history(body: RecommendRequest) -> Recommendations:
+        """Top-k items to follow a history of original item ids."""
+        return await recommend(body.history, body.k, body.exclude_seen, body.candidates)
+
+    @app.post("/users/{user}/events", response_model=EventsResponse, tags=["users"],
+              responses={**STORE_DOWN, **BAD_BODY})
+    async def append_events(user: User, body: EventsRequest) -> EventsResponse:
+        """Append items to a user's history; answered once they are on disk."""
+        items = [str(item) for item in body.items]
+        total = await store_call(state.store.append, user, items)
+        return EventsResponse(user=user, appended=len(items), events=total)
+
+    @app.get("/users/{user}/events", response_model=UserEvents, tags=["users"],
+             responses=STORE_DOWN)
+    async def user_events(user: User) -> UserEvents:
+        """A user's stored items, oldest first (empty for an unknown user)."""
+        return UserEvents(user=user, items=await store_call(state.store.history, user))
+
+    @app.get("/users/{user}/recommendations", response_model=Recommendations, tags=["users"],
+             responses=STORE_DOWN)
+    async def user_recommendations(
+        user: User,
+        k: Annotated[int, Query(ge=1, le=MAX_K)] = 10,
+        exclude_seen: bool = True,
+    ) -> Recommendations:
+        """Top-k items from a user's stored history; a user without events gets the most
+        popular items (``fallback``)."""
+        history = await store_call(state.store.history, user)
+        return await recommend(history, k, exclude_seen, None, user)
+
+    @app.delete("/users/{user}", response_model=DeleteResponse, tags=["users"],
+                responses=STORE_DOWN)
+    async def delete_user(user: User) -> DeleteResponse:
+        """Remove every stored event of a user."""
+        return DeleteResponse(user=user, deleted=await store_call(state.store.delete, user))
+
+    @app.post("/admin/reload", response_model=ModelInfo, tags=["operations"],
+              responses={400: {"model": Problem, "description": "The body cannot be parsed, "
+                               "or the run cannot be loaded."},
+                         404: {"model": Problem, "description": "No such run or file."}})
+    async def admin_reload(body: ReloadRequest) -> ModelInfo:
+        """Load another run directory (or ONNX export) and swap it in; requests in flight
+        finish on the old model, none is refused."""
+        for given in (body.run, body.onnx):
+            if given is not None and not Path(given).exists():
+                raise HTTPException(404, f"{given} does not exist (on the server)")
+        try:
+            served = await reload(body.run, body.onnx)
+        except Bert4RecError as exc:
+            raise HTTPException(400, f"cannot load {body.run}: {exc}") from exc
+        except (OSError, ValueError, KeyError) as exc:
+            raise HTTPException(400, f"cannot load {body.run}: {exc!r}") from exc
+        return ModelInfo(**served.describe())
+
+    return app
+
+
+def _response(result: Recommendation, user: str | None) -> Recommendations:
+    items = [ScoredItem(item=item, score=score, title=title)
+             for item, score, title in zip(result.items, result.scores, result.titles,
+                                           strict=True)]
+    return Recommendations(items=items, skipped=result.skipped,
+                           skipped_candidates=result.skipped_candidates,
+                           history_used=result.history_used, fallback=result.fallback,
+                           user=user)
+
+
+def _is_database_error(exc: Exception) -> bool:
+    import sqlite3
+
+    if isinstance(exc, sqlite3.Error):
+        return True
+    module = type(exc).__module__
+    return module.startswith("psycopg")
+
+
+def _log_failure(task: asyncio.Future[Any]) -> None:
+    if not task.cancelled() and task.exception() is not None:
+        log.error("reload failed: %s", task.exception())
