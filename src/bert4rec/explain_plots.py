@@ -4,10 +4,14 @@
   attention rollout, in two labelled panels (different kinds of evidence, different units).
 * :func:`plot_attention`: attention from the [MASK] slot, one row per (layer, head), one column
   per history item.
+
+Each writes a PNG file; :func:`attribution_png` and :func:`attention_png` return the same
+images as bytes (for the HTTP service).
 """
 
 from __future__ import annotations
 
+import io
 from pathlib import Path
 from typing import Any
 
@@ -42,6 +46,26 @@ def plot_attribution(explanation: Explanation, path: str | Path) -> Path:
     """Bars per history item (oldest at the top): counterfactual score drop (items whose
     removal alone drops the recommendation out of the top-k in red) beside attention
     rollout. Writes ``path`` (PNG) and returns it."""
+    return _save(_attribution_figure(explanation), path)
+
+
+def attribution_png(explanation: Explanation) -> bytes:
+    """:func:`plot_attribution`'s image as PNG bytes."""
+    return _png(_attribution_figure(explanation))
+
+
+def plot_attention(explanation: Explanation, path: str | Path) -> Path:
+    """Heat map of the attention weights from [MASK]: rows (layer, head), columns history
+    items oldest first. Writes ``path`` (PNG) and returns it."""
+    return _save(_attention_figure(explanation), path)
+
+
+def attention_png(explanation: Explanation) -> bytes:
+    """:func:`plot_attention`'s image as PNG bytes."""
+    return _png(_attention_figure(explanation))
+
+
+def _attribution_figure(explanation: Explanation) -> Figure:
     rows, note = _shown(explanation)
     labels = [f"[{r.position}] {_label(r.item, r.title)}" for r in rows]
     y = np.arange(len(rows))
@@ -63,12 +87,10 @@ def plot_attribution(explanation: Explanation, path: str | Path) -> Path:
     right.set_xlabel("rollout weight")
     fig.suptitle(f"Why {_target(explanation)} (rank {explanation.rank}){note}", fontsize=10)
     fig.tight_layout()
-    return _save(fig, path)
+    return fig
 
 
-def plot_attention(explanation: Explanation, path: str | Path) -> Path:
-    """Heat map of the attention weights from [MASK]: rows (layer, head), columns history
-    items oldest first. Writes ``path`` (PNG) and returns it."""
+def _attention_figure(explanation: Explanation) -> Figure:
     rows, note = _shown(explanation)
     weights = np.asarray(explanation.attention.weights)  # (L, heads, n)
     layers, heads, n = weights.shape
@@ -86,13 +108,19 @@ def plot_attention(explanation: Explanation, path: str | Path) -> Path:
     ax.set_title(f"Attention from [MASK] for {_target(explanation)}{note}\n"
                  "(where the model looked, not what changed its answer)", fontsize=9)
     fig.tight_layout()
-    return _save(fig, path)
+    return fig
 
 
 def _figure(width: float, height: float) -> Figure:
     fig = Figure(figsize=(width, height), dpi=120)
     FigureCanvasAgg(fig)  # Agg: no display needed
     return fig
+
+
+def _png(fig: Figure) -> bytes:
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png")
+    return buffer.getvalue()
 
 
 def _save(fig: Figure, path: str | Path) -> Path:

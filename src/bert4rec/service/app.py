@@ -2,7 +2,9 @@
 
 Stateless: ``POST /recommend`` with a history of original item ids. Stateful: events appended
 to a user's stored history (``POST /users/{user}/events``) and recommendations from it
-(``GET /users/{user}/recommendations``); ``DELETE /users/{user}`` forgets the user. The model
+(``GET /users/{user}/recommendations``); ``DELETE /users/{user}`` forgets the user.
+``POST /explain`` says why an item is recommended (see :mod:`bert4rec.explain`), and a web
+page at ``/ui/`` (``/`` leads there) shows recommendations and their explanations. The model
 is loaded once, here, and replaced whole by ``POST /admin/reload`` or SIGHUP while requests
 keep being served. The OpenAPI schema is at ``/openapi.json``, the docs at ``/docs``.
 """
@@ -10,8 +12,10 @@ keep being served. The OpenAPI schema is at ``/openapi.json``, the docs at ``/do
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
 import logging
+import re
 import signal
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
@@ -20,10 +24,11 @@ from typing import Annotated, Any, TypeVar
 
 from fastapi import FastAPI, HTTPException, Query
 from fastapi import Path as PathParam
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, RedirectResponse
+from fastapi.staticfiles import StaticFiles
 from starlette.concurrency import run_in_threadpool
 
-from bert4rec.errors import Bert4RecError
+from bert4rec.errors import Bert4RecError, DataError
 from bert4rec.service.engine import Batcher, Recommendation, ServedModel, load_served
 from bert4rec.service.schemas import (
     MAX_K,
@@ -31,6 +36,8 @@ from bert4rec.service.schemas import (
     DeleteResponse,
     EventsRequest,
     EventsResponse,
+    ExplainRequest,
+    ExplanationOut,
     Health,
     ModelInfo,
     Problem,
@@ -40,6 +47,7 @@ from bert4rec.service.schemas import (
     ReloadRequest,
     ScoredItem,
     UserEvents,
+    UserList,
 )
 from bert4rec.service.store import EventStore, open_store
 
@@ -51,6 +59,15 @@ STORE_DOWN: dict[int | str, dict[str, Any]] = {
     503: {"model": Problem, "description": "The event store cannot be reached."}}
 BAD_BODY: dict[int | str, dict[str, Any]] = {
     400: {"model": Problem, "description": "The body cannot be parsed: send JSON."}}
+CANNOT_EXPLAIN: dict[int | str, dict[str, Any]] = {
+    400: {"model": Problem, "description": "The body cannot be parsed, or the served run "
+          "cannot explain (its model is not BERT4Rec); `detail` says which."},
+    404: {"model": Problem, "description": "No item of the history is known to the model "
+          "(nothing to remove, so nothing to explain), or `item` is not; `detail` lists "
+          "them."},
+    409: {"model": Problem, "description": "`item` is in the history: explanations are for "
+          "items the model would recommend, which exclude the history."}}
+WEB = Path(__file__).parent / "web"
 
 
 @dataclass
@@ -81,6 +98,9 @@ def create_app(
     state = ServiceState(load_served(run, onnx, onnx_threads, bf16), open_store(db),
                          Batcher(max_batch, max_wait), onnx_threads, bf16)
     reload_lock = asyncio.Lock()
+    # One explanation at a time: each is a few forward passes of its own, and recommendations
+    # keep the other core.
+    explaining = asyncio.Semaphore(1)
 
     async def reload(run: str | Path, onnx: str | Path | None) -> ServedModel:
         async with reload_lock:
@@ -188,11 +208,38 @@ def create_app(
         history = await store_call(state.store.history, user)
         return await recommend(history, k, exclude_seen, None, user)
 
+    @app.get("/users", response_model=UserList, tags=["users"], responses=STORE_DOWN)
+    async def list_users(limit: Annotated[int, Query(ge=0, le=MAX_K)] = 100) -> UserList:
+        """Ids of users with stored events, in natural order (``7`` before ``10``), at most
+        ``limit`` of them, and how many there are."""
+        users = await store_call(state.store.users)
+        return UserList(users=sorted(users, key=_natural)[:limit], total=len(users))
+
     @app.delete("/users/{user}", response_model=DeleteResponse, tags=["users"],
                 responses=STORE_DOWN)
     async def delete_user(user: User) -> DeleteResponse:
         """Remove every stored event of a user."""
         return DeleteResponse(user=user, deleted=await store_call(state.store.delete, user))
+
+    @app.post("/explain", response_model=ExplanationOut, tags=["explain"],
+              responses=CANNOT_EXPLAIN)
+    async def explain_item(body: ExplainRequest) -> ExplanationOut:
+        """Why the model recommends ``item`` (default: its top-1) after ``history``: the exact
+        effect of removing each history item (one batched forward pass), a greedy
+        counterfactual set, gradient x input, and attention from the [MASK] slot (weaker
+        evidence, labelled so); with ``plots``, PNG images of them."""
+        served = state.served
+        async with explaining:
+            try:
+                return await run_in_threadpool(_explanation, served, body)
+            except DataError as exc:
+                raise HTTPException(400, str(exc)) from exc
+
+    @app.get("/", include_in_schema=False)
+    async def home() -> RedirectResponse:
+        return RedirectResponse("/ui/")
+
+    app.mount("/ui", StaticFiles(directory=WEB, html=True), name="ui")
 
     @app.post("/admin/reload", response_model=ModelInfo, tags=["operations"],
               responses={400: {"model": Problem, "description": "The body cannot be parsed, "
@@ -223,6 +270,42 @@ def _response(result: Recommendation, user: str | None) -> Recommendations:
                            skipped_candidates=result.skipped_candidates,
                            history_used=result.history_used, fallback=result.fallback,
                            user=user)
+
+
+def _explanation(served: ServedModel, body: ExplainRequest) -> ExplanationOut:
+    from bert4rec.explain import explain
+
+    vocab = served.info.vocab
+    known, unknown = vocab.encode(list(body.history))
+    if not len(known):
+        listed = " ".join(map(str, unknown[:20])) + (" ..." if len(unknown) > 20 else "")
+        raise HTTPException(404, "no item of the history is known to the model (unknown: "
+                            f"{listed}); the recommendations for it come from popularity "
+                            "alone, so there is nothing to explain")
+    if body.item is not None:
+        found, _ = vocab.encode([body.item])
+        if not len(found):
+            raise HTTPException(404, f"item {body.item!r} is not known to the model; pick an "
+                                "item of the run's vocabulary")
+        if int(found[0]) in set(known.tolist()):
+            raise HTTPException(409, f"item {body.item!r} is in the history; explanations "
+                                "are for items the model would recommend, which exclude "
+                                "the history")
+    result = explain(served.model, served.info, body.history, item=body.item, k=body.k,
+                     max_steps=body.max_steps, precision="bf16" if served.bf16 else "fp32")
+    plots = None
+    if body.plots:
+        from bert4rec.explain_plots import attention_png, attribution_png
+
+        plots = {name: "data:image/png;base64," + base64.b64encode(draw(result)).decode()
+                 for name, draw in (("attribution", attribution_png),
+                                    ("attention", attention_png))}
+    return ExplanationOut(**result.to_dict(), plots=plots)
+
+
+def _natural(text: str) -> tuple[Any, ...]:
+    """Sort key: digit runs compare as numbers."""
+    return tuple(int(part) if part.isdigit() else part for part in re.split(r"(\d+)", text))
 
 
 def _is_database_error(exc: Exception) -> bool:

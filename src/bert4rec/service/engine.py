@@ -67,6 +67,7 @@ class ServedModel:
     source: Path  # the run directory, or the ONNX file
     loaded_at: float
     bf16: bool = False  # score under bfloat16 autocast (PyTorch only)
+    model: Any = None  # the run's PyTorch model, for explanations (also beside an ONNX export)
 
     @property
     def popularity(self) -> PopularityRecommender | None:
@@ -114,14 +115,15 @@ def load_served(run_dir: str | Path, onnx: str | Path | None = None,
     PyTorch model under bfloat16 autocast: faster for batches on CPUs with AMX or AVX-512
     BF16, and near-ties may swap places."""
     model, info = load_model(run_dir)
-    if onnx is not None:
-        from bert4rec.export import OnnxRecommender
-
-        recommender: Recommender = OnnxRecommender(onnx, info, threads=onnx_threads)
-        return ServedModel(recommender, info, "onnx", Path(onnx), time.time())
     if isinstance(model, torch.nn.Module):
         model.eval()
-    return ServedModel(model, info, "torch", Path(run_dir), time.time(), bf16=bf16)
+    if onnx is None:
+        return ServedModel(model, info, "torch", Path(run_dir), time.time(), bf16=bf16,
+                           model=model)
+    from bert4rec.export import OnnxRecommender
+
+    return ServedModel(OnnxRecommender(onnx, info, threads=onnx_threads), info, "onnx",
+                       Path(onnx), time.time(), model=model)
 
 
 class _Scored:

@@ -106,3 +106,78 @@ class Ready(BaseModel):
 
 class Problem(BaseModel):
     detail: str
+
+
+MAX_EXPLAIN_STEPS = 20
+MAX_EXPLAIN_K = 100
+
+
+class ExplainRequest(_Strict):
+    history: list[ItemId] = Field(
+        min_length=1, max_length=MAX_HISTORY,
+        description="Item ids, oldest first. Unknown ids are skipped and listed in `skipped`; "
+        "the model reads the latest ones (see `/model`'s `max_history`).")
+    item: ItemId | None = Field(
+        None, description="The recommended item to explain (default: the top-1 "
+        "recommendation). It must be known to the model and not in the history.")
+    k: int = Field(10, ge=1, le=MAX_EXPLAIN_K,
+                   description="The top-k that `leaves_top_k` and the counterfactual set "
+                   "refer to.")
+    max_steps: int = Field(10, ge=1, le=MAX_EXPLAIN_STEPS,
+                           description="Most items the greedy counterfactual set removes.")
+    plots: bool = Field(False, description="Also return the attribution bars and the "
+                        "attention heat map as PNG data URLs (slower: about 0.5 s more).")
+
+
+class HistoryEvidence(BaseModel):
+    position: int = Field(description="0 = the oldest history item the model reads.")
+    item: int | str
+    title: str | None = None
+    score_drop: float = Field(description="Counterfactual: the item's score with the history "
+                              "minus its score without this history item.")
+    rank_without: int = Field(description="Counterfactual: the item's rank without it.")
+    leaves_top_k: bool = Field(description="Removing this history item alone drops the "
+                               "recommended item out of the top-k.")
+    gradient_x_input: float
+    attention_rollout: float = Field(description="Attention (weaker evidence).")
+    attention_last_layer: float = Field(description="Attention (weaker evidence).")
+
+
+class CounterfactualSetOut(BaseModel):
+    method: str
+    found: bool = Field(description="Removing `items` together drops the recommended item out "
+                        "of the top-k (false: `max_steps` removals did not).")
+    positions: list[int]
+    items: list[int | str]
+    titles: list[str | None]
+    ranks: list[int] = Field(description="The item's rank after each removal step.")
+    note: str
+
+
+class AttentionOut(BaseModel):
+    weights: list[list[list[float]]] = Field(
+        description="(layers, heads, history positions): attention from the [MASK] slot.")
+    mask_self: list[list[float]] = Field(description="(layers, heads): [MASK] on itself.")
+    rollout: list[float]
+    note: str
+
+
+class ExplanationOut(BaseModel):
+    item: int | str
+    title: str | None = None
+    score: float
+    rank: int = Field(description="Among the items not in the history; 1 is best.")
+    k: int
+    history: list[HistoryEvidence]
+    counterfactual_set: CounterfactualSetOut
+    attention: AttentionOut
+    skipped: list[Any] = Field(description="Items of the history the model does not know.")
+    truncated: int = Field(description="Older items beyond what the model reads, left out.")
+    notes: dict[str, str]
+    plots: dict[str, str] | None = Field(
+        None, description="`attribution` and `attention`: PNG images as data URLs.")
+
+
+class UserList(BaseModel):
+    users: list[str]
+    total: int = Field(description="Users with events in the store.")
