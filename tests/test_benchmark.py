@@ -188,3 +188,55 @@ def test_bad_input_exits_2_before_training(
     assert code == 2
     assert message in capsys.readouterr().err
     assert not out.exists()
+
+
+def test_resume_reuses_finished_runs_and_retrains_changed_ones(
+    tmp_path: Path, log_path: Path
+) -> None:
+    data = load_interactions(log_path)
+    out = tmp_path / "bench"
+    first = quality(data, out, models=["pop", "fpmc"], seeds=[0], epochs=1, threads=1,
+                    negatives=20, progress=False, log=None)
+    # A run interrupted before its record was written is trained again.
+    (out / "runs" / "pop-seed0" / "benchmark-run.json").unlink()
+    lines: list[str] = []
+
+    again = quality(data, out, models=["pop", "fpmc", "bpr"], seeds=[0], epochs=1, threads=1,
+                    negatives=20, progress=False, log=lines.append, resume=True)
+
+    assert "benchmark: 1 of 3 run(s) already in" in lines[1]
+    trained = [line.split(":")[0] for line in lines if line.startswith("benchmark [")]
+    assert trained == ["benchmark [2/3] pop seed 0", "benchmark [3/3] bpr seed 0"]
+    assert again["results"]["fpmc"]["runs"] == first["results"]["fpmc"]["runs"]
+    assert again["results"]["pop"]["full"] == first["results"]["pop"]["full"]
+    assert "vs_bert4rec" not in again["results"]["fpmc"]
+
+    # Other settings or other negatives are another run: nothing is reused.
+    lines.clear()
+    quality(data, out, models=["fpmc"], seeds=[0], epochs=2, threads=1, negatives=20,
+            progress=False, log=lines.append, resume=True)
+    assert not any("already in" in line for line in lines)
+
+
+def test_jobs_train_runs_in_parallel_processes_with_the_same_table(
+    tmp_path: Path, log_path: Path
+) -> None:
+    data = load_interactions(log_path)
+    serial = quality(data, tmp_path / "serial", models=["pop", "fpmc"], seeds=[0, 1], epochs=1,
+                     threads=1, negatives=20, progress=False, log=None)
+    lines: list[str] = []
+
+    parallel = quality(data, tmp_path / "parallel", models=["pop", "fpmc"], seeds=[0, 1],
+                       epochs=1, threads=1, negatives=20, progress=False, log=lines.append,
+                       jobs=2)
+
+    assert "2 at a time" in lines[0]
+    assert sum(line.startswith("benchmark [") for line in lines) == 4
+    assert parallel["settings"]["jobs"] == 2
+    for model in ("pop", "fpmc"):  # seeded training: the same numbers in another process
+        for protocol in ("full", "popularity"):
+            for metric in METRICS:
+                assert parallel["results"][model][protocol][metric]["values"] == pytest.approx(
+                    serial["results"][model][protocol][metric]["values"])
+    markdown = (tmp_path / "parallel" / "quality.md").read_text(encoding="utf-8")
+    assert "2 runs trained at a time" in markdown

@@ -18,6 +18,8 @@ their targets against the same candidates and the per-user results pair up.
 
 from __future__ import annotations
 
+import json
+import multiprocessing
 import os
 import platform
 import statistics
@@ -25,12 +27,14 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable, Mapping, Sequence
+from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import asdict
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pandas as pd
 import torch
 
 from bert4rec.data import Interactions, PrepareOptions
@@ -228,6 +232,72 @@ def _spread(values: Sequence[float]) -> dict[str, Any]:
             "values": list(values)}
 
 
+RECORD = "benchmark-run.json"  # in each run directory: what was run, and what it measured
+
+
+def _run(
+    model: str, data: Interactions, settings: dict[str, Any], preset: str, run_dir: Path,
+    options: PrepareOptions, titles: dict[Any, str] | None, negatives: int,
+    key: dict[str, Any], progress: bool, log: Callable[[str], None] | None,
+) -> dict[str, Any]:
+    """Train one run, evaluate it on the test split under both protocols, write its per-user
+    results and its record (last, so a run with a record is a finished run); the record."""
+    wall = time.perf_counter()
+    recommender, record = _train(model, data, settings, preset, run_dir, options, titles,
+                                 progress, log)
+    record = {"seed": settings["seed"], "run": str(run_dir), "commit": commit_info()["commit"],
+              "date": datetime.now(UTC).isoformat(timespec="seconds"),
+              "wall_seconds": time.perf_counter() - wall, **record}
+    for protocol in PROTOCOL_NAMES:
+        result = evaluate(recommender, data, split="test", protocol=protocol,
+                          num_negatives=negatives, seed=NEGATIVE_SEED, progress=progress)
+        per_user = run_dir / f"test-{protocol}.parquet"
+        _write_per_user(result, per_user)
+        record[protocol] = {"metrics": result.metrics, "per_user": str(per_user)}
+    write_json(run_dir / RECORD, {"key": key, "record": record})
+    return record
+
+
+def _run_key(model: str, settings: dict[str, Any], preset: str, negatives: int,
+             data: Interactions) -> dict[str, Any]:
+    """What makes two runs the same run (as JSON would give it back)."""
+    key = {"model": model, "settings": settings,
+           "preset": preset if model == "bert4rec" else None, "negatives": negatives,
+           "negative_seed": NEGATIVE_SEED, "data": data.describe().get("fingerprint")}
+    return json.loads(json.dumps(key, default=str))
+
+
+def _finished(run_dir: Path, key: dict[str, Any]) -> dict[str, Any] | None:
+    """The record of a finished run in ``run_dir`` made with ``key``, or None."""
+    try:
+        saved = json.loads((run_dir / RECORD).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    if not isinstance(saved, dict) or saved.get("key") != key:
+        return None
+    record = saved.get("record")
+    if not isinstance(record, dict):
+        return None
+    try:
+        if not all(Path(record[p]["per_user"]).exists() for p in PROTOCOL_NAMES):
+            return None
+    except (KeyError, TypeError):
+        return None
+    return record
+
+
+def _stored_result(record: dict[str, Any], protocol: Protocol) -> EvaluationResult:
+    """A run's evaluation read back from its per-user file (intervals and paired tests)."""
+    per_user = pd.read_parquet(record[protocol]["per_user"])
+    return EvaluationResult(protocol=protocol, split="test",
+                            metrics=dict(record[protocol]["metrics"]), per_user=per_user)
+
+
+def _start_worker(threads: int | None) -> None:
+    if threads is not None:
+        torch.set_num_threads(threads)
+
+
 # ----------------------------------------------------------------------------------------------
 # The benchmark
 
@@ -249,6 +319,8 @@ def quality(
     command: str | None = None,
     progress: bool = True,
     log: Callable[[str], None] | None = _stderr,
+    jobs: int = 1,
+    resume: bool = False,
 ) -> dict[str, Any]:
     """Train every model in ``models`` once per seed on ``data``, evaluate each on the test split
     under full ranking and popularity-sampled ``negatives``, and write ``quality.json``,
@@ -258,6 +330,12 @@ def quality(
     (``{"bert4rec": {"hidden_size": 128}}``). ``time_budget``, ``epochs``, ``threads`` and
     ``device`` apply to every trainable model alike (a per-model ``epochs`` wins). ``progress``
     shows bars and per-epoch lines; ``log`` receives one line per model and seed.
+
+    ``jobs`` trains that many runs at a time, each in its own process (``threads`` torch
+    threads each; by default the cores shared out); all of them share the machine, so a time
+    budget buys each run less than it would alone. ``resume`` reuses the runs already finished
+    in ``output`` with the same settings, data and negatives (the rest are trained), so an
+    interrupted benchmark goes on where it stopped.
     """
     output = Path(output)
     models = list(models)
@@ -278,6 +356,10 @@ def quality(
         raise ConfigError("--epochs must be at least 1")
     if threads is not None and threads < 1:
         raise ConfigError("--threads must be at least 1")
+    if jobs < 1:
+        raise ConfigError("--jobs must be at least 1")
+    if jobs > 1 and threads is None:
+        threads = max(1, (os.cpu_count() or 1) // jobs)
     if output.exists() and not output.is_dir():
         raise ConfigError(f"{output} exists and is not a directory")
     shared = {key: value for key, value in (("time_budget", time_budget), ("epochs", epochs),
@@ -300,37 +382,49 @@ def quality(
         torch.set_num_threads(threads)  # evaluation and POP too, not only the training loops
     total = len(models) * len(seeds)
     budget = f", time budget {time_budget:g}s per run" if time_budget is not None else ""
-    say(f"benchmark: {len(models)} model(s) x {len(seeds)} seed(s) = {total} runs{budget}")
-    runs: dict[str, list[dict[str, Any]]] = {}
-    reference_results: dict[str, dict[str, EvaluationResult]] = {}  # model -> protocol -> result
+    at_once = f", {jobs} at a time" if jobs > 1 else ""
+    say(f"benchmark: {len(models)} model(s) x {len(seeds)} seed(s) = {total} runs{budget}"
+        f"{at_once}")
+    tasks = [(model, seed) for model in models for seed in seeds]
+    keys = {task: _run_key(task[0], {"seed": task[1], **shared, **per_model.get(task[0], {})},
+                           preset, negatives, data)
+            for task in tasks}
+    records: dict[tuple[str, int], dict[str, Any]] = {}
+    if resume:
+        for task in tasks:
+            found = _finished(output / "runs" / f"{task[0]}-seed{task[1]}", keys[task])
+            if found is not None:
+                records[task] = found
+        if records:
+            say(f"benchmark: {len(records)} of {total} run(s) already in {output}, reused")
     try:
-        done = 0
-        for model in models:
-            runs[model] = []
-            for seed in seeds:
-                run_dir = output / "runs" / f"{model}-seed{seed}"
-                settings = {"seed": seed, **shared, **per_model.get(model, {})}
-                wall = time.perf_counter()
-                recommender, record = _train(model, data, settings, preset, run_dir,
-                                             options or PrepareOptions(), titles, progress,
-                                             log if progress else None)
-                record = {"seed": seed, "run": str(run_dir),
-                          "wall_seconds": time.perf_counter() - wall, **record}
-                for protocol in PROTOCOL_NAMES:
-                    result = evaluate(recommender, data, split="test", protocol=protocol,
-                                      num_negatives=negatives, seed=NEGATIVE_SEED,
-                                      progress=progress)
-                    per_user = run_dir / f"test-{protocol}.parquet"
-                    _write_per_user(result, per_user)
-                    record[protocol] = {"metrics": result.metrics, "per_user": str(per_user)}
-                    if seed == seeds[0]:
-                        reference_results.setdefault(model, {})[protocol] = result
-                runs[model].append(record)
-                done += 1
-                say(_progress_line(done, total, model, record))
-                del recommender
+        pending = [task for task in tasks if task not in records]
+        arguments = {task: (task[0], data, {"seed": task[1], **shared,
+                                             **per_model.get(task[0], {})},
+                            preset, output / "runs" / f"{task[0]}-seed{task[1]}", options
+                            or PrepareOptions(), titles, negatives, keys[task])
+                     for task in pending}
+        if jobs > 1 and len(pending) > 1:
+            context = multiprocessing.get_context("spawn")
+            with ProcessPoolExecutor(max_workers=min(jobs, len(pending)), mp_context=context,
+                                     initializer=_start_worker, initargs=(threads,)) as pool:
+                futures = {pool.submit(_run, *arguments[task], False, None): task
+                           for task in pending}
+                for future in as_completed(futures):
+                    task = futures[future]
+                    records[task] = future.result()
+                    say(_progress_line(len(records), total, task[0], records[task]))
+        else:
+            for task in pending:
+                records[task] = _run(*arguments[task], progress, log if progress else None)
+                say(_progress_line(len(records), total, task[0], records[task]))
     finally:
         torch.set_num_threads(previous_threads)
+    runs = {model: [records[(model, seed)] for seed in seeds] for model in models}
+    reference_results: dict[str, dict[str, EvaluationResult]] = {
+        model: {protocol: _stored_result(runs[model][0], protocol)
+                for protocol in PROTOCOL_NAMES}
+        for model in models}
 
     report: dict[str, Any] = {
         "command": command or _python_call(data, models, preset, per_model, seeds, shared,
@@ -345,7 +439,7 @@ def quality(
             "models": models, "seeds": seeds, "reference_seed": seeds[0],
             "preset": preset if "bert4rec" in models else None, "overrides": per_model,
             "time_budget": time_budget, "epochs": epochs, "threads": threads,
-            "device": device, "split": "test", "protocols": list(PROTOCOL_NAMES),
+            "device": device, "jobs": jobs, "split": "test", "protocols": list(PROTOCOL_NAMES),
             "negatives": negatives, "negative_seed": NEGATIVE_SEED, "tie_rule": "expected",
             "confidence": CONFIDENCE,
         },
@@ -477,8 +571,15 @@ def render_markdown(report: dict[str, Any]) -> str:
            else "no time budget")
         + f"; epochs: {settings['epochs'] or 'each model’s default'}; "
         f"device: {settings['device'] or 'auto'}"
-        + (f"; BERT4Rec preset `{settings['preset']}`" if settings["preset"] else ""),
+        + (f"; BERT4Rec preset `{settings['preset']}`" if settings["preset"] else "")
+        + (f"; {settings['jobs']} runs trained at a time, sharing the machine"
+           if settings.get("jobs", 1) > 1 else ""),
     ]
+    older = sorted({f"{LABELS[model]} seed {run['seed']} (`{run['commit']}`, {run['date']})"
+                    for model in models for run in results[model]["runs"]
+                    if run.get("commit", report["commit"]) != report["commit"]})
+    if older:
+        lines.append("- Runs reused from another commit: " + "; ".join(older))
     for model, values in settings["overrides"].items():
         shown = ", ".join(f"{k}={v!r}" for k, v in values.items())
         lines.append(f"- {LABELS[model]} settings: {shown}")

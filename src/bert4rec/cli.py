@@ -255,6 +255,12 @@ def build_parser() -> argparse.ArgumentParser:
                    "(each rewritten)")
     p.add_argument("--quiet", action="store_true",
                    help="no progress bars or per-epoch lines; one line per model and seed stays")
+    p.add_argument("--jobs", type=int, default=1,
+                   help="runs trained at a time, each in its own process (default 1); they "
+                   "share the machine, so each run's time budget buys less")
+    p.add_argument("--resume", action="store_true",
+                   help="reuse the runs already finished in OUTPUT with the same settings; "
+                   "train only the rest")
     _add_data_options(p, defaults=False)
     p.set_defaults(func=cmd_benchmark_quality)
 
@@ -709,7 +715,8 @@ def cmd_benchmark_quality(args: argparse.Namespace) -> int:
             seeds=args.seeds, time_budget=args.time_budget, epochs=args.epochs,
             threads=args.threads, device=args.device, negatives=args.negatives,
             options=options, titles=find_titles(data.source, data.vocab),
-            command=_benchmark_command(args, models), progress=not args.quiet, log=_say)
+            command=_benchmark_command(args, models), progress=not args.quiet, log=_say,
+            jobs=args.jobs, resume=args.resume)
     return 0
 
 
@@ -768,7 +775,8 @@ def _benchmark_command(args: argparse.Namespace, models: list[str]) -> str:
              ",".join(models), "--preset", args.preset]
     for text in args.set:
         words += ["--set", text]
-    words += ["--seeds", *map(str, args.seeds), "--negatives", str(args.negatives)]
+    words += ["--seeds", *map(str, args.seeds), "--negatives", str(args.negatives),
+              "--jobs", str(args.jobs)]
     for name in ("time_budget", "epochs", "threads", "device", "format", "min_user_count",
                  "min_item_count", "min_rating", "user_col", "item_col", "time_col"):
         if getattr(args, name) is not None:
