@@ -19,7 +19,7 @@ starting from zero in every window (the papers carry it through whole sessions i
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -29,15 +29,13 @@ from torch import nn
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
 from bert4rec.baselines.common import (
-    BaselineModel,
     FitConfig,
     FitResult,
     Settings,
     fit_loop,
     start_fit,
 )
-from bert4rec.baselines.history import left_pad
-from bert4rec.baselines.next_item import next_item_batch, next_item_windows
+from bert4rec.baselines.next_item import NextItemModel, next_item_batch, next_item_windows
 from bert4rec.data import Interactions
 from bert4rec.errors import ConfigError
 from bert4rec.split import train_sequences
@@ -97,7 +95,7 @@ def bpr_max_loss(
     return (ranking + bpreg * regularisation).mean()
 
 
-class GRU4Rec(BaselineModel):
+class GRU4Rec(NextItemModel):
     """Item embedding, a GRU, and an output layer of its own (item vectors and biases)."""
 
     name = "gru4rec"  # full softmax; each instance takes its own loss's name (LOSSES)
@@ -176,21 +174,6 @@ class GRU4Rec(BaselineModel):
             valid = torch.cat([in_batch_valid, torch.ones_like(sampled, dtype=torch.bool)], dim=2)
         return bpr_max_loss(positive[where].float(), negatives[where].float(), valid[where],
                             self.settings.bpreg)
-
-    # ------------------------------------------------------------------------------------------
-    # Inference: the recommender contract.
-
-    @torch.no_grad()
-    def score(self, histories: Sequence[np.ndarray]) -> torch.Tensor:
-        """Scores (B, num_items + 1) of the item after each history (its last ``max_len``
-        items), on the model's device; column 0 (padding) is -inf."""
-        was_training = self.training
-        self.eval()
-        tokens = left_pad(histories, self.settings.max_len).to(self.device)
-        scores = self.logits(self.encode(tokens)[:, -1]).float()  # (B, n + 1)
-        self.train(was_training)
-        scores[:, 0] = -torch.inf
-        return scores
 
 
 def fit(

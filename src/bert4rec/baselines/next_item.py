@@ -9,10 +9,40 @@ item always sits in the last slot, whatever else is in the batch.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import numpy as np
 import torch
 
+from bert4rec.baselines.common import BaselineModel
+from bert4rec.baselines.history import left_pad
 from bert4rec.masking import gather_windows
+
+
+class NextItemModel(BaselineModel):
+    """A sequential baseline that reads a left-padded history and predicts the next item from
+    its last slot. A subclass gives ``encode`` and ``logits``; its settings have ``max_len``."""
+
+    def encode(self, tokens: torch.Tensor) -> torch.Tensor:
+        """Hidden states (B, L, d) of left-padded ``tokens`` (B, L)."""
+        raise NotImplementedError
+
+    def logits(self, hidden: torch.Tensor) -> torch.Tensor:
+        """Scores (..., num_items + 1) of every item for hidden states (..., d)."""
+        raise NotImplementedError
+
+    @torch.no_grad()
+    def score(self, histories: Sequence[np.ndarray]) -> torch.Tensor:
+        """Scores (B, num_items + 1) of the item after each history (its last ``max_len``
+        items), on the model's device; column 0 (padding) is -inf."""
+        was_training = self.training
+        self.eval()
+        max_len: int = self.settings.max_len  # type: ignore[attr-defined]
+        tokens = left_pad(histories, max_len).to(self.device)
+        scores = self.logits(self.encode(tokens)[:, -1]).float()  # (B, n + 1)
+        self.train(was_training)
+        scores[:, 0] = -torch.inf
+        return scores
 
 
 def next_item_windows(

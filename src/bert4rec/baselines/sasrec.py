@@ -19,7 +19,7 @@ padding never changes a score.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -28,15 +28,13 @@ import torch.nn.functional as F
 from torch import nn
 
 from bert4rec.baselines.common import (
-    BaselineModel,
     FitConfig,
     FitResult,
     Settings,
     fit_loop,
     start_fit,
 )
-from bert4rec.baselines.history import left_pad
-from bert4rec.baselines.next_item import next_item_batch, next_item_windows
+from bert4rec.baselines.next_item import NextItemModel, next_item_batch, next_item_windows
 from bert4rec.data import Interactions
 from bert4rec.errors import ConfigError
 from bert4rec.split import train_sequences
@@ -126,7 +124,7 @@ def unseen_negatives(
     return torch.multinomial(allowed, count, replacement=True, generator=generator)
 
 
-class SASRec(BaselineModel):
+class SASRec(NextItemModel):
     """Item and position embeddings, causal blocks, and a final LayerNorm; an item's score is
     the dot product of the last position's output with its (shared) input embedding."""
 
@@ -195,21 +193,6 @@ class SASRec(BaselineModel):
         positive = (h * self.item_embedding(targets[where])).sum(dim=1)  # (N,)
         negative = (h * self.item_embedding(negatives[where])).sum(dim=1)  # (N,)
         return binary_cross_entropy(positive.float(), negative.float())
-
-    # ------------------------------------------------------------------------------------------
-    # Inference: the recommender contract.
-
-    @torch.no_grad()
-    def score(self, histories: Sequence[np.ndarray]) -> torch.Tensor:
-        """Scores (B, num_items + 1) of the item after each history (its last ``max_len``
-        items), on the model's device; column 0 (padding) is -inf."""
-        was_training = self.training
-        self.eval()
-        tokens = left_pad(histories, self.settings.max_len).to(self.device)
-        scores = self.logits(self.encode(tokens)[:, -1]).float()  # (B, n + 1)
-        self.train(was_training)
-        scores[:, 0] = -torch.inf
-        return scores
 
 
 def fit(
