@@ -17,11 +17,8 @@ tables. The data paths default to ``../shared/data`` beside the repository.
 from __future__ import annotations
 
 import argparse
-import os
-import platform
 import shlex
 import statistics
-import subprocess
 import sys
 import time
 from datetime import UTC, datetime
@@ -32,6 +29,7 @@ import numpy as np
 import torch
 
 from bert4rec.baselines.pop import PopularityRecommender
+from bert4rec.benchmark import commit_info, machine_info
 from bert4rec.data import Interactions, PrepareOptions, load_interactions
 from bert4rec.evaluation import (
     METRICS,
@@ -54,33 +52,6 @@ PAPER_POP = {
     "beauty": dict(zip(METRICS, (0.0077, 0.0392, 0.0762, 0.0230, 0.0349, 0.0437), strict=True)),
 }
 LABELS = {"ml-1m": "ML-1m", "beauty": "Beauty"}
-
-
-def git_state() -> dict[str, Any]:
-    """The commit the numbers come from, and whether the working tree differed from it."""
-
-    def git(*args: str) -> str:
-        return subprocess.run(["git", *args], cwd=ROOT, capture_output=True, text=True,
-                              check=True).stdout
-
-    # Result files are outputs, not code: rewriting them does not make a run dirty.
-    changed = [line[3:] for line in git("status", "--porcelain").splitlines()
-               if line and not line[3:].startswith("benchmarks/results/")]
-    return {"commit": git("rev-parse", "HEAD").strip(), "dirty": bool(changed),
-            "dirty_paths": changed}
-
-
-def machine() -> dict[str, Any]:
-    cpu = platform.processor() or "unknown"
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8") as f:
-            cpu = next((line.split(":", 1)[1].strip() for line in f
-                        if line.startswith("model name")), cpu)
-    except OSError:
-        pass
-    return {"platform": platform.platform(), "cpu": cpu, "cores": os.cpu_count(),
-            "python": platform.python_version(), "numpy": np.__version__,
-            "torch": torch.__version__}
 
 
 def by_rule(result: EvaluationResult) -> dict[str, dict[str, float]]:
@@ -211,9 +182,9 @@ def main(argv: list[str] | None = None) -> int:
 
     record: dict[str, Any] = {
         "benchmark": "pop_baseline",
-        **git_state(),
+        **commit_info(),
         "date": datetime.now(UTC).isoformat(timespec="seconds"),
-        "machine": machine(),
+        "machine": machine_info(),
         "command": shlex.join(["python", *sys.argv]),
         "protocol": {"split": "test", "negatives": 100, "metrics": list(METRICS),
                      "default_tie_rule": "expected"},

@@ -23,7 +23,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import statistics
 import subprocess
 import sys
@@ -36,6 +35,8 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
+
+from bert4rec.benchmark import commit_info, machine_info
 
 ROOT = Path(__file__).resolve().parent.parent
 NUM_USERS = 138_493
@@ -144,35 +145,14 @@ def measure(path: Path, src: Path | None = None) -> dict[str, Any]:
     return dict(json.loads(result.stdout.strip().splitlines()[-1]))
 
 
-def git_state() -> dict[str, Any]:
-    """The commit the numbers come from, and whether the working tree differed from it."""
-
-    def git(*args: str) -> str:
-        return subprocess.run(["git", "--no-optional-locks", *args], cwd=ROOT,
-                              capture_output=True, text=True, check=False).stdout
-
-    commit = git("rev-parse", "HEAD").strip()
-    changed = [line[3:] for line in git("status", "--porcelain").splitlines()
-               if line and not line[3:].startswith("benchmarks/results/")]
-    return {"commit": commit or "unknown", "dirty": bool(changed), "dirty_paths": changed}
-
-
 def machine() -> dict[str, Any]:
     import pandas as pd
 
-    cpu = platform.processor() or "unknown"
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8") as f:
-            cpu = next((line.split(":", 1)[1].strip() for line in f
-                        if line.startswith("model name")), cpu)
-    except OSError:
-        pass
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else None
-    return {"platform": platform.platform(), "cpu": cpu, "cores": os.cpu_count(),
+    return {**machine_info(),
             "memory_gb": round(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30,
                                1),
-            "load_average_at_start": load, "python": platform.python_version(),
-            "numpy": np.__version__, "pandas": pd.__version__, "pyarrow": pa.__version__}
+            "load_average_at_start": load, "pandas": pd.__version__, "pyarrow": pa.__version__}
 
 
 def main() -> None:
@@ -216,7 +196,7 @@ def main() -> None:
         "command": " ".join([Path(sys.executable).name, *sys.argv]),
         "label": args.label,
         "src": str(args.src) if args.src else None,
-        **git_state(),
+        **commit_info(),
         "date": started.isoformat(timespec="seconds"),
         "machine": info,
         "measured": "load_interactions(path, use_cache=False) in a fresh process; seconds "

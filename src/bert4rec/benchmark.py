@@ -181,8 +181,10 @@ def commit_info() -> dict[str, Any]:
     if len(commit) != 40:
         return {"commit": os.environ.get("BERT4REC_COMMIT", "unknown"), "dirty": None,
                 "dirty_paths": []}
+    # Result files are outputs, not code: rewriting them does not make a run dirty.
     changed = [line[3:] for line in
-               git("status", "--porcelain", "--untracked-files=no").splitlines() if line]
+               git("status", "--porcelain", "--untracked-files=no").splitlines()
+               if line and not line[3:].startswith("benchmarks/results/")]
     return {"commit": commit, "dirty": bool(changed), "dirty_paths": changed}
 
 
