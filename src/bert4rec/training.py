@@ -58,13 +58,16 @@ from bert4rec.masking import cloze_mask, gather_windows, window_bounds
 from bert4rec.model import BERT4Rec, BERT4RecConfig, NegativeSample, gbce_beta
 from bert4rec.runs import atomic_write, write_json
 from bert4rec.split import eval_cases, train_sequences
+from bert4rec.warmstart import cooccurrence_embeddings, popularity_bias
 
 CHECKPOINT_DIR = "checkpoint"
 CHECKPOINT_VERSION = 1
 LOSSES = ("softmax", "sampled", "gbce")
 # Settings added after checkpoint version 1: they join a checkpoint's identity only when they
 # differ from their defaults, so checkpoints written before them still resume.
-LATER_SETTINGS = ("loss", "num_negatives", "sampling_alpha", "gbce_t", "valid_users")
+LATER_SETTINGS = ("loss", "num_negatives", "sampling_alpha", "gbce_t", "valid_users",
+                  "item_embedding_init")
+ITEM_INITS = ("random", "cooccurrence")
 
 
 @dataclass(frozen=True)
@@ -85,6 +88,7 @@ class TrainConfig:
     window_step: int | None = None  # None: one window (the most recent) per user per epoch
     bucket_by_length: bool = True  # batches of similar length: less compute on padding
     popularity_bias_init: bool = False  # output bias starts at log item frequency
+    item_embedding_init: str = "random"  # or "cooccurrence": SVD of PPMI (bert4rec.warmstart)
     eval_every: int = 1  # epochs between validation evaluations
     patience: int = 10  # evaluations without improvement before stopping; 0 disables
     time_budget: float | None = None  # seconds of training, then stop with the best weights
@@ -99,6 +103,9 @@ class TrainConfig:
     valid_users: int | None = None  # validate on this many users drawn once; None: all
 
     def __post_init__(self) -> None:
+        if self.item_embedding_init not in ITEM_INITS:
+            raise ConfigError(f"item_embedding_init must be one of {', '.join(ITEM_INITS)}, "
+                              f"not {self.item_embedding_init!r}")
         if self.loss not in LOSSES:
             raise ConfigError(f"loss must be one of {', '.join(LOSSES)}, not {self.loss!r}")
         if self.num_negatives < 1:
@@ -275,10 +282,16 @@ class Trainer:
                     len(users), config.valid_users, replace=False)
                 self.valid_users = np.sort(users[pick])
         if config.popularity_bias_init:
-            counts = np.bincount(self.train_items, minlength=data.num_items + 1)[1:]
+            bias = popularity_bias(self.train_items, data.num_items)
             with torch.no_grad():
-                bias = torch.log(torch.as_tensor(counts, dtype=torch.float32) + 1.0)
-                self.model.output_bias.copy_((bias - bias.mean()).to(self.device))
+                self.model.output_bias.copy_(torch.from_numpy(bias))
+        if config.item_embedding_init == "cooccurrence":
+            start = cooccurrence_embeddings(
+                self.train_items, train.lengths, data.num_items, model_config.hidden_size,
+                std=model_config.init_std, seed=config.seed)
+            with torch.no_grad():
+                self.model.item_embedding.weight[1 : data.num_items + 1] = torch.from_numpy(
+                    start).to(self.device)
         self.steps_per_epoch = math.ceil(len(self.starts) / config.batch_size)
         if config.max_steps:
             self.total_steps = config.max_steps
