@@ -40,3 +40,7 @@ def test_epoch_speed_and_time_to_quality() -> None:
     assert reached["reached_seconds"] is not None and reached["reached_seconds"] > 0
     never = time_to_quality(data, preset, target=1.1)
     assert never["reached_seconds"] is None and never["epochs"] == 2
+    # The kept weights are scored on the test split under both protocols.
+    assert 0.0 <= never["test"]["full"]["NDCG@10"] <= 1.0
+    # 30 items leave no room for the paper's 100 sampled negatives: said, not crashed.
+    assert "fewer than 100 negatives" in never["test"]["popularity"]["skipped"]

@@ -150,10 +150,24 @@ def time_to_quality(data: Interactions, preset: Preset, target: float) -> dict[s
     trainer.target = target
     trainer.started = time.perf_counter()
     result = trainer.fit()
+    # The best weights on the test split: does reaching the target quickly cost quality?
+    from bert4rec.errors import ConfigError
+    from bert4rec.evaluation import evaluate
+
+    test: dict[str, Any] = {}
+    for protocol in ("full", "popularity"):
+        try:
+            test[protocol] = evaluate(result.model, data, split="test", protocol=protocol,
+                                      progress=False).metrics
+        except ConfigError as exc:  # a catalogue too small for 100 sampled negatives
+            test[protocol] = {"skipped": str(exc)}
     return {
         "target": target,
         "reached_seconds": trainer.reached,
         "best_valid_NDCG@10": result.state.best_metric,
+        "best_epoch": result.state.best_epoch,
+        "train_seconds": result.state.elapsed,
+        "test": test,
         "epochs": result.state.epoch,
         "stopped": result.state.stopped,
         "history": result.state.history,
