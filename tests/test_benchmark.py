@@ -216,6 +216,7 @@ def test_resume_reuses_finished_runs_and_retrains_changed_ones(
     quality(data, out, models=["fpmc"], seeds=[0], epochs=2, threads=1, negatives=20,
             progress=False, log=lines.append, resume=True)
     assert not any("already in" in line for line in lines)
+    assert any("1 finished run(s)" in line and "trained again" in line for line in lines)
 
 
 def test_jobs_train_runs_in_parallel_processes_with_the_same_table(

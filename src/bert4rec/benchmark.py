@@ -244,6 +244,7 @@ def _run(
 ) -> dict[str, Any]:
     """Train one run, evaluate it on the test split under both protocols, write its per-user
     results and its record (last, so a run with a record is a finished run); the record."""
+    (run_dir / RECORD).unlink(missing_ok=True)  # a record never outlives the run it describes
     wall = time.perf_counter()
     recommender, record = _train(model, data, settings, preset, run_dir, options, titles,
                                  progress, log)
@@ -261,11 +262,21 @@ def _run(
 
 
 def _run_key(model: str, settings: dict[str, Any], preset: str, negatives: int,
-             data: Interactions) -> dict[str, Any]:
-    """What makes two runs the same run (as JSON would give it back)."""
-    key = {"model": model, "settings": settings,
-           "preset": preset if model == "bert4rec" else None, "negatives": negatives,
-           "negative_seed": NEGATIVE_SEED, "data": data.describe().get("fingerprint")}
+             data: Interactions, jobs: int) -> dict[str, Any]:
+    """What makes two runs the same run (as JSON would give it back): the model's settings
+    (BERT4Rec's preset by content, not name), the data, the negatives, and, since a time budget
+    buys different training on other hardware or beside other runs, the CPU, the GPU and how
+    many runs shared the machine."""
+    shipped = None
+    if model == "bert4rec":
+        from bert4rec.presets import load_preset
+
+        loaded = load_preset(preset)
+        shipped = {"name": preset, "model": loaded.model, "train": asdict(loaded.train)}
+    machine = machine_info()
+    key = {"model": model, "settings": settings, "preset": shipped, "negatives": negatives,
+           "negative_seed": NEGATIVE_SEED, "data": data.describe().get("fingerprint"),
+           "jobs": jobs, "cpu": machine["cpu"], "gpu": machine["gpu"]}
     return json.loads(json.dumps(key, default=str))
 
 
@@ -281,10 +292,14 @@ def _finished(run_dir: Path, key: dict[str, Any]) -> dict[str, Any] | None:
     if not isinstance(record, dict):
         return None
     try:
-        if not all(Path(record[p]["per_user"]).exists() for p in PROTOCOL_NAMES):
-            return None
+        for protocol in PROTOCOL_NAMES:  # found where the run is now, wherever it was made
+            per_user = run_dir / f"test-{protocol}.parquet"
+            if not per_user.exists():
+                return None
+            record[protocol]["per_user"] = str(per_user)
     except (KeyError, TypeError):
         return None
+    record["run"] = str(run_dir)
     return record
 
 
@@ -389,7 +404,7 @@ def quality(
         f"{at_once}")
     tasks = [(model, seed) for model in models for seed in seeds]
     keys = {task: _run_key(task[0], {"seed": task[1], **shared, **per_model.get(task[0], {})},
-                           preset, negatives, data)
+                           preset, negatives, data, jobs)
             for task in tasks}
     records: dict[tuple[str, int], dict[str, Any]] = {}
     if resume:
@@ -399,6 +414,11 @@ def quality(
                 records[task] = found
         if records:
             say(f"benchmark: {len(records)} of {total} run(s) already in {output}, reused")
+        others = [task for task in tasks if task not in records
+                  and (output / "runs" / f"{task[0]}-seed{task[1]}" / RECORD).exists()]
+        if others:
+            say(f"benchmark: {len(others)} finished run(s) in {output} were made with other "
+                "settings, data, negatives, machine or --jobs; trained again")
     try:
         pending = [task for task in tasks if task not in records]
         arguments = {task: (task[0], data, {"seed": task[1], **shared,
@@ -414,7 +434,14 @@ def quality(
                            for task in pending}
                 for future in as_completed(futures):
                     task = futures[future]
-                    records[task] = future.result()
+                    try:
+                        records[task] = future.result()
+                    except BaseException:
+                        # Runs already finished keep their records (--resume reuses them);
+                        # the queued ones are not started.
+                        for other in futures:
+                            other.cancel()
+                        raise
                     say(_progress_line(len(records), total, task[0], records[task]))
         else:
             for task in pending:

@@ -18,7 +18,9 @@ from __future__ import annotations
 
 import numpy as np
 import scipy.sparse as sp
-from scipy.sparse.linalg import svds
+from scipy.sparse.linalg import ArpackError, svds
+
+from bert4rec.errors import ConfigError
 
 
 def popularity_bias(items: np.ndarray, num_items: int) -> np.ndarray:
@@ -67,7 +69,11 @@ def cooccurrence_embeddings(
     if rank < 1 or ppmi.nnz == 0:
         return embeddings
     start = np.random.default_rng(seed).standard_normal(num_items)
-    u, s, _ = svds(ppmi, k=rank, v0=start)
+    try:
+        u, s, _ = svds(ppmi, k=rank, v0=start)
+    except ArpackError as exc:  # ArpackNoConvergence is one
+        raise ConfigError(f"the co-occurrence start of the item embeddings failed ({exc}); "
+                          "train with item_embedding_init = random") from exc
     order = np.argsort(-s)
     factors = u[:, order] * np.sqrt(s[order])
     spread = factors.std()

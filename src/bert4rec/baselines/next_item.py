@@ -37,10 +37,12 @@ class NextItemModel(BaselineModel):
         items), on the model's device; column 0 (padding) is -inf."""
         was_training = self.training
         self.eval()
-        max_len: int = self.settings.max_len  # type: ignore[attr-defined]
-        tokens = left_pad(histories, max_len).to(self.device)
-        scores = self.logits(self.encode(tokens)[:, -1]).float()  # (B, n + 1)
-        self.train(was_training)
+        try:
+            max_len: int = self.settings.max_len  # type: ignore[attr-defined]
+            tokens = left_pad(histories, max_len).to(self.device)
+            scores = self.logits(self.encode(tokens)[:, -1]).float()  # (B, n + 1)
+        finally:
+            self.train(was_training)
         scores[:, 0] = -torch.inf
         return scores
 

@@ -98,8 +98,8 @@ def create_app(
     state = ServiceState(load_served(run, onnx, onnx_threads, bf16), open_store(db),
                          Batcher(max_batch, max_wait), onnx_threads, bf16)
     reload_lock = asyncio.Lock()
-    # One explanation at a time: each is a few forward passes of its own, and recommendations
-    # keep the other core.
+    # One explanation at a time: each is several forward passes over a whole history, so a
+    # burst of them queues instead of crowding out the recommendation batches.
     explaining = asyncio.Semaphore(1)
 
     async def reload(run: str | Path, onnx: str | Path | None) -> ServedModel:
@@ -305,7 +305,7 @@ def _explanation(served: ServedModel, body: ExplainRequest) -> ExplanationOut:
 
 def _natural(text: str) -> tuple[Any, ...]:
     """Sort key: digit runs compare as numbers."""
-    return tuple(int(part) if part.isdigit() else part for part in re.split(r"(\d+)", text))
+    return tuple(int(part) if part.isdecimal() else part for part in re.split(r"(\d+)", text))
 
 
 def _is_database_error(exc: Exception) -> bool:

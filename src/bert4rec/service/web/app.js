@@ -5,9 +5,12 @@
 const api = (path) => new URL("../" + path, document.baseURI).toString();
 const $ = (id) => document.getElementById(id);
 const ATTRIBUTION_ROWS = 15;
+const MAX_EXPLAIN_K = 100;  // the service's limit on k for /explain
 
 let lastHistory = [];
 let lastK = 10;
+let explainable = true;  // the served model is BERT4Rec (set from /model)
+let latest = 0;  // the newest request; answers to older ones are dropped
 
 async function call(path, options) {
   const response = await fetch(api(path), options);
@@ -49,9 +52,10 @@ function setStatus(text) {
   $("status").textContent = text;
 }
 
+// Tokens stay strings: "0205616461" is an id, not a number (the service matches "42" to
+// item 42 where the run's ids are numbers).
 function parseHistory(text) {
-  return text.split(/[\s,]+/).filter((token) => token.length > 0)
-    .map((token) => (/^-?\d+$/.test(token) ? Number(token) : token));
+  return text.split(/[\s,]+/).filter((token) => token.length > 0);
 }
 
 function cell(row, text, className) {
@@ -69,6 +73,7 @@ function named(item, title) {
 async function loadModel() {
   try {
     const info = await call("model");
+    explainable = info.model === "bert4rec";
     $("model-info").textContent =
       `${info.model} model of ${info.run}: ${info.items} items, reads the last ` +
       `${info.max_history ?? "all"} items of a history (${info.backend})`;
@@ -107,17 +112,20 @@ async function loadUser(user) {
 }
 
 async function recommend() {
+  const mine = ++latest;
   showError("");
   const history = parseHistory($("history").value);
   const k = Number($("k").value) || 10;
   setStatus("scoring…");
   try {
     const result = await post("recommend", { history, k, exclude_seen: true });
+    if (mine !== latest) return;  // a newer request has the page
     lastHistory = history;
     lastK = k;
     showRecommendations(result);
     setStatus(`${result.items.length} recommendations`);
   } catch (error) {
+    if (mine !== latest) return;
     setStatus("");
     showError(error.message);
   }
@@ -144,7 +152,7 @@ function showRecommendations(result) {
     cell(row, entry.title, "title");
     cell(row, entry.score.toFixed(3), "num");
     const td = document.createElement("td");
-    if (!result.fallback) {
+    if (!result.fallback && explainable) {
       const button = document.createElement("button");
       button.type = "button";
       button.className = "explain";
@@ -160,15 +168,19 @@ function showRecommendations(result) {
 }
 
 async function explain(item, row) {
+  const mine = ++latest;
   showError("");
   document.querySelectorAll("#recommendations tr.selected").forEach((r) => r.classList.remove("selected"));
   row.classList.add("selected");
   setStatus(`explaining ${item}…`);
   try {
-    const result = await post("explain", { history: lastHistory, item, k: lastK, plots: true });
+    const k = Math.min(lastK, MAX_EXPLAIN_K);
+    const result = await post("explain", { history: lastHistory, item, k, plots: true });
+    if (mine !== latest) return;
     showExplanation(result);
     setStatus(`explained ${item}`);
   } catch (error) {
+    if (mine !== latest) return;
     setStatus("");
     showError(error.message);
   }
