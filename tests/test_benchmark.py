@@ -207,7 +207,10 @@ def test_resume_reuses_finished_runs_and_retrains_changed_ones(
     assert "benchmark: 1 of 3 run(s) already in" in lines[1]
     trained = [line.split(":")[0] for line in lines if line.startswith("benchmark [")]
     assert trained == ["benchmark [2/3] pop seed 0", "benchmark [3/3] bpr seed 0"]
-    assert again["results"]["fpmc"]["runs"] == first["results"]["fpmc"]["runs"]
+    (reused,) = again["results"]["fpmc"]["runs"]
+    assert reused.pop("reused") is True
+    assert reused == first["results"]["fpmc"]["runs"][0]
+    assert "reused" not in again["results"]["pop"]["runs"][0]
     assert again["results"]["pop"]["full"] == first["results"]["pop"]["full"]
     assert "vs_bert4rec" not in again["results"]["fpmc"]
 

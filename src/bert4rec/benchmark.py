@@ -411,7 +411,7 @@ def quality(
         for task in tasks:
             found = _finished(output / "runs" / f"{task[0]}-seed{task[1]}", keys[task])
             if found is not None:
-                records[task] = found
+                records[task] = {**found, "reused": True}
         if records:
             say(f"benchmark: {len(records)} of {total} run(s) already in {output}, reused")
         others = [task for task in tasks if task not in records
@@ -606,7 +606,7 @@ def render_markdown(report: dict[str, Any]) -> str:
     ]
     older = sorted({f"{LABELS[model]} seed {run['seed']} (`{run['commit']}`, {run['date']})"
                     for model in models for run in results[model]["runs"]
-                    if run.get("commit", report["commit"]) != report["commit"]})
+                    if run.get("reused") and run.get("commit") != report["commit"]})
     if older:
         lines.append("- Runs reused from another commit: " + "; ".join(older))
     for model, values in settings["overrides"].items():
