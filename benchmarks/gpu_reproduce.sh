@@ -13,11 +13,7 @@ budget=${1:-330}
 shift
 jobs=("$@")
 [ ${#jobs[@]} -gt 0 ] || jobs=(ml-1m.txt:ml-1m)
-data=${DATA:-.devdata}
-out=${OUT:-benchmarks/results}
-export PYTHONPATH=src PYTHONUNBUFFERED=1 BERT4REC_CACHE=/tmp/bert4rec-cache
-mkdir -p "$out"
-nvidia-smi --query-gpu=name,memory.total --format=csv,noheader
+. "$(dirname "$0")/gpu_env.sh"
 for job in "${jobs[@]}"; do
   python3 -m bert4rec prepare --data "$data/${job%%:*}" >/dev/null || exit 1
 done

@@ -13,11 +13,7 @@ budget=${1:-300}
 shift
 tables=("$@")
 [ ${#tables[@]} -gt 0 ] || tables=(ml-1m.txt:ml-1m)
-data=${DATA:-.devdata}
-out=${OUT:-benchmarks/results}
-export PYTHONPATH=src PYTHONUNBUFFERED=1 BERT4REC_CACHE=/tmp/bert4rec-cache
-mkdir -p "$out"
-nvidia-smi --query-gpu=name,memory.total --format=csv,noheader
+. "$(dirname "$0")/gpu_env.sh"
 for table in "${tables[@]}"; do
   IFS=: read -r file preset <<<"$table"
   name=${file%.txt}
