@@ -262,7 +262,7 @@ def _run(
 
 
 def _run_key(model: str, settings: dict[str, Any], preset: str, negatives: int,
-             data: Interactions, jobs: int) -> dict[str, Any]:
+             data: Interactions, jobs: int, machine: dict[str, Any]) -> dict[str, Any]:
     """What makes two runs the same run (as JSON would give it back): the model's settings
     (BERT4Rec's preset by content, not name), the data, the negatives, and, since a time budget
     buys different training on other hardware or beside other runs, the CPU, the GPU and how
@@ -273,7 +273,6 @@ def _run_key(model: str, settings: dict[str, Any], preset: str, negatives: int,
 
         loaded = load_preset(preset)
         shipped = {"name": preset, "model": loaded.model, "train": asdict(loaded.train)}
-    machine = machine_info()
     key = {"model": model, "settings": settings, "preset": shipped, "negatives": negatives,
            "negative_seed": NEGATIVE_SEED, "data": data.describe().get("fingerprint"),
            "jobs": jobs, "cpu": machine["cpu"], "gpu": machine["gpu"]}
@@ -403,8 +402,9 @@ def quality(
     say(f"benchmark: {len(models)} model(s) x {len(seeds)} seed(s) = {total} runs{budget}"
         f"{at_once}")
     tasks = [(model, seed) for model in models for seed in seeds]
+    machine = machine_info()
     keys = {task: _run_key(task[0], {"seed": task[1], **shared, **per_model.get(task[0], {})},
-                           preset, negatives, data, jobs)
+                           preset, negatives, data, jobs, machine)
             for task in tasks}
     records: dict[tuple[str, int], dict[str, Any]] = {}
     if resume:
