@@ -11,6 +11,7 @@ step count and learning-rate schedule mean what they mean in one process; see
 
 from __future__ import annotations
 
+import gc
 import json
 import os
 from collections.abc import Iterator
@@ -83,8 +84,14 @@ def session(device: str = "auto") -> Iterator[Distributed | None]:
         dist.init_process_group("gloo")
     try:
         yield current()
-    finally:
-        dist.destroy_process_group()
+    except BaseException:
+        dist.destroy_process_group()  # the other ranks may be gone: no barrier
+        raise
+    # Leave together, and only once nothing (a DDP wrapper in a reference cycle) still holds
+    # the group: gloo's threads must not outlive it into interpreter shutdown.
+    dist.barrier()
+    gc.collect()
+    dist.destroy_process_group()
 
 
 def barrier() -> None:
