@@ -52,6 +52,8 @@ def train(
         trainer = Trainer(data, model_config, chosen.train, run_dir=run_dir, progress=progress,
                           log=log)
         result = trainer.fit()
+        device = str(trainer.device)
+        del trainer  # its DDP wrapper holds the process group, which the session now closes
     if run_dir is not None and (group is None or group.is_main):
         state = result.state
         metrics = {
@@ -69,7 +71,7 @@ def train(
                  extra_provenance={"preset": chosen.name, "train": chosen.train.to_dict(),
                                    "threads": torch.get_num_threads(),
                                    "processes": 1 if group is None else group.world_size,
-                                   "device": str(trainer.device)})
+                                   "device": device})
         remove_checkpoint(run_dir)
     return result
 

@@ -277,6 +277,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", choices=("auto", "cpu", "cuda"), default=None)
     p.add_argument("--precision", choices=("fp32", "bf16"), default=None)
     p.add_argument("--output", type=Path, default=None, help="write the report here (JSON)")
+    p.add_argument("--keep", type=Path, default=None, metavar="RUN_DIR",
+                   help="with --target: also save the trained model here as a run directory")
     _add_data_options(p, defaults=False)
     p.set_defaults(func=cmd_benchmark_speed)
     return parser
@@ -729,6 +731,10 @@ def cmd_benchmark_speed(args: argparse.Namespace) -> int:
     from bert4rec.presets import load_preset, parse_assignment
     from bert4rec.runs import write_json
 
+    if args.keep is not None:
+        if args.target is None:
+            raise DataError("--keep saves the model that --target trains; give --target too")
+        check_output(args.keep, overwrite=False)  # fail now, not after the training
     overrides = dict(parse_assignment(text) for text in args.set)
     for name in ("threads", "device", "precision"):
         if getattr(args, name) is not None:
@@ -758,7 +764,8 @@ def cmd_benchmark_speed(args: argparse.Namespace) -> int:
          f"the {preset.train.precision} matmul peak ({peak / 1e9:.0f} GFLOP/s), peak memory "
          f"{measured.peak_rss_mb:.0f} MB")
     if args.target is not None:
-        report["time_to_quality"] = speed.time_to_quality(data, preset, args.target)
+        report["time_to_quality"] = speed.time_to_quality(data, preset, args.target,
+                                                          keep=args.keep)
         reached = report["time_to_quality"]["reached_seconds"]
         _say(f"validation NDCG@10 >= {args.target}: "
              + (f"after {reached:.0f} s" if reached is not None else "not reached"))

@@ -9,11 +9,12 @@ validation NDCG@10 (full ranking) first reaches a target and reports the wall cl
 
 from __future__ import annotations
 
+import itertools
 import resource
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import torch
@@ -142,10 +143,13 @@ class _WallClockTrainer(Trainer):
         super()._report(record)
 
 
-def time_to_quality(data: Interactions, preset: Preset, target: float) -> dict[str, Any]:
+def time_to_quality(data: Interactions, preset: Preset, target: float,
+                    keep: Path | None = None) -> dict[str, Any]:
     """Train with the preset (its budget and early stopping apply) and report when validation
     NDCG@10 under full ranking first reached ``target`` (the clock starts before the trainer
-    is built, so warm starts count), then score the kept weights on the test split."""
+    is built, so warm starts count), then score the kept weights on the validation and test
+    splits under both protocols (settings are compared by the validation numbers). With
+    ``keep``, the kept weights are also saved there as a run directory."""
     started = time.perf_counter()
     trainer = _WallClockTrainer(data, preset.model_config(data.num_items), preset.train,
                                 progress=False)
@@ -156,20 +160,27 @@ def time_to_quality(data: Interactions, preset: Preset, target: float) -> dict[s
     from bert4rec.errors import ConfigError
     from bert4rec.evaluation import evaluate
 
-    test: dict[str, Any] = {}
-    for protocol in ("full", "popularity"):
+    splits: tuple[Literal["valid", "test"], ...] = ("valid", "test")
+    protocols: tuple[Literal["full", "popularity"], ...] = ("full", "popularity")
+    scores: dict[str, dict[str, Any]] = {split: {} for split in splits}
+    for split, protocol in itertools.product(splits, protocols):
         try:
-            test[protocol] = evaluate(result.model, data, split="test", protocol=protocol,
-                                      progress=False).metrics
+            scores[split][protocol] = evaluate(result.model, data, split=split,
+                                               protocol=protocol, progress=False).metrics
         except ConfigError as exc:  # a catalogue too small for 100 sampled negatives
-            test[protocol] = {"skipped": str(exc)}
+            scores[split][protocol] = {"skipped": str(exc)}
+    if keep is not None:
+        from bert4rec.api import save
+
+        save(result.model, keep, data)
     return {
         "target": target,
         "reached_seconds": trainer.reached,
         "best_valid_NDCG@10": result.state.best_metric,
         "best_epoch": result.state.best_epoch,
         "train_seconds": result.state.elapsed,
-        "test": test,
+        "valid": scores["valid"],
+        "test": scores["test"],
         "epochs": result.state.epoch,
         "stopped": result.state.stopped,
         "history": result.state.history,
