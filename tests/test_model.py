@@ -95,13 +95,13 @@ def test_loss_ignores_unmasked_positions() -> None:
 def test_loss_never_computes_logits_at_unmasked_positions(monkeypatch: pytest.MonkeyPatch) -> None:
     model = tiny()
     seen: list[int] = []
-    original = model.logits
+    original = model.head  # the output layer starts here, for the full and sampled losses
 
     def spy(hidden: torch.Tensor) -> torch.Tensor:
         seen.append(hidden.shape[0])
         return original(hidden)
 
-    monkeypatch.setattr(model, "logits", spy)
+    monkeypatch.setattr(model, "head", spy)
     model.loss(torch.tensor([[3, 21, 5, 6, 7, 21]]), torch.tensor([[0, 4, 0, 0, 0, 8]]))
     assert seen == [2]
 

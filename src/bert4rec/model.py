@@ -22,6 +22,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from bert4rec.losses import linear_cross_entropy
+
 
 @dataclass(frozen=True)
 class BERT4RecConfig:
@@ -341,9 +343,10 @@ class BERT4Rec(nn.Module):
         """
         hidden = self.encode(tokens)
         where = labels > 0
-        if negatives is None:
-            logits = self.logits(hidden[where])  # (N_masked, n)
-            return F.cross_entropy(logits.float(), labels[where] - 1)
+        if negatives is None:  # cross-entropy over every item, the logits never all in memory
+            items = self.item_embedding.weight[1 : self.config.num_items + 1]  # tied, (n, d)
+            return linear_cross_entropy(self.head(hidden[where]), items, self.output_bias,
+                                        labels[where] - 1)
         targets = labels[where]  # (N,)
         items = negatives.items
         h = self.head(hidden[where])  # (N, d)

@@ -38,6 +38,7 @@ from bert4rec.baselines.common import (
 from bert4rec.baselines.next_item import NextItemModel, next_item_batch, next_item_windows
 from bert4rec.data import Interactions
 from bert4rec.errors import ConfigError
+from bert4rec.losses import linear_cross_entropy
 from bert4rec.split import train_sequences
 
 LOSSES = {"ce": "gru4rec", "bpr-max": "gru4rec+"}  # config.loss -> model name
@@ -155,8 +156,9 @@ class GRU4Rec(NextItemModel):
         hidden = self.encode(inputs)  # (B, T, H)
         where = targets > 0
         if self.settings.loss == "ce":
-            logits = self.logits(hidden[where])[:, 1:]  # (N, n)
-            return F.cross_entropy(logits.float(), targets[where] - 1)
+            # The logits of self.logits less padding's, never all in memory at once.
+            return linear_cross_entropy(hidden[where], self.output_embedding.weight[1:],
+                                        self.output_bias[1:], targets[where] - 1)
         b = len(targets)
         target_vectors = self.output_embedding(targets)  # (B, T, H)
         target_bias = self.output_bias[targets]  # (B, T)

@@ -37,6 +37,7 @@ from bert4rec.baselines.common import (
 from bert4rec.baselines.next_item import NextItemModel, next_item_batch, next_item_windows
 from bert4rec.data import Interactions
 from bert4rec.errors import ConfigError
+from bert4rec.losses import linear_cross_entropy
 from bert4rec.split import train_sequences
 
 LOSSES = {"bce": "sasrec", "ce": "sasrec-ce"}  # config.loss -> model name
@@ -187,7 +188,8 @@ class SASRec(NextItemModel):
         where = targets > 0
         h = hidden[where]  # (N, d): positions with a next item
         if self.settings.loss == "ce":
-            return F.cross_entropy(self.logits(h)[:, 1:].float(), targets[where] - 1)
+            items = self.item_embedding.weight[1:]  # the logits of self.logits, less padding
+            return linear_cross_entropy(h, items, None, targets[where] - 1)
         if negatives is None:
             raise ValueError("the bce loss needs one negative per position")
         positive = (h * self.item_embedding(targets[where])).sum(dim=1)  # (N,)
