@@ -337,6 +337,7 @@ def quality(
     log: Callable[[str], None] | None = _stderr,
     jobs: int = 1,
     resume: bool = False,
+    tuning: Mapping[str, Mapping[str, Any]] | None = None,
 ) -> dict[str, Any]:
     """Train every model in ``models`` once per seed on ``data``, evaluate each on the test split
     under full ranking and popularity-sampled ``negatives``, and write ``quality.json``,
@@ -352,6 +353,9 @@ def quality(
     budget buys each run less than it would alone. ``resume`` reuses the runs already finished
     in ``output`` with the same settings, data and negatives (the rest are trained), so an
     interrupted benchmark goes on where it stopped.
+
+    ``tuning`` maps a model to the search its settings came from (:func:`tuning_summary` of a
+    ``bert4rec tune`` result); the table shows each model's tuning budget beside its numbers.
     """
     output = Path(output)
     models = list(models)
@@ -474,6 +478,8 @@ def quality(
         },
         "results": {model: _summarise(model, runs[model], reference_results)
                     for model in models},
+        "tuning": {model: dict(info) for model, info in (tuning or {}).items()
+                   if model in models},
     }
     output.mkdir(parents=True, exist_ok=True)
     write_json(output / "quality.json", report)
@@ -637,6 +643,7 @@ def render_markdown(report: dict[str, Any]) -> str:
                 cells.append(f"{_num(low)}–{_num(high)}")
             lines.append(f"| {LABELS[model]} | " + " | ".join(cells) + " |")
         lines.append("")
+    lines += _tuning_section(report)
     lines += _comparison_section(report)
     lines += _order_section(report)
     lines += ["## Training time", "",
@@ -650,6 +657,49 @@ def render_markdown(report: dict[str, Any]) -> str:
         lines.append(f"| {LABELS[model]} | {cell} | {epochs} | {stopped} |")
     lines += ["", "![full-ranking NDCG@10 against training time](quality.png)", ""]
     return "\n".join(lines)
+
+
+def tuning_summary(search: Mapping[str, Any], path: str | Path) -> dict[str, Any]:
+    """What the table says of a model's tuning: the budget spent and what it chose."""
+    budget = search["budget"]
+    return {"file": str(path), "trials": budget["trials"],
+            "time_budget_per_trial": budget.get("time_budget_per_trial"),
+            "epochs_per_trial": budget.get("epochs_per_trial"),
+            "train_seconds": budget.get("train_seconds"),
+            "best_trial": search["best"]["trial"], "settings": search["best"]["settings"],
+            "best_valid_NDCG@10": search["best"].get("valid_NDCG@10")}
+
+
+def _tuning_section(report: dict[str, Any]) -> list[str]:
+    tuning: dict[str, Any] = report.get("tuning") or {}
+    if not tuning:
+        return []
+    models: list[str] = report["settings"]["models"]
+    lines = ["## Tuning (validation split only)", "",
+             "| model | trials | per trial | training seconds spent | best valid NDCG@10 | "
+             "chosen settings |", "|---|---:|---:|---:|---:|---|"]
+    for model in models:
+        if model == "pop":
+            continue
+        info = tuning.get(model)
+        if info is None:
+            lines.append(f"| {LABELS[model]} | not tuned: its own defaults | | | | |")
+            continue
+        per_trial = " / ".join(
+            part for part in (
+                f"{info['time_budget_per_trial']:g} s" if info["time_budget_per_trial"] else "",
+                f"{info['epochs_per_trial']} epochs" if info["epochs_per_trial"] else "")
+            if part)
+        chosen = ", ".join(f"{k}={v!r}" for k, v in info["settings"].items()) or "the defaults"
+        lines.append(f"| {LABELS[model]} | {info['trials']} | {per_trial} | "
+                     f"{_seconds(info['train_seconds'])} | {_num(info['best_valid_NDCG@10'])} | "
+                     f"{chosen} |")
+    trainable = [m for m in models if m != "pop"]
+    budgets = {(tuning[m]["trials"], tuning[m]["time_budget_per_trial"],
+                tuning[m]["epochs_per_trial"]) if m in tuning else None for m in trainable}
+    lines += ["", "Every trainable model had the same tuning budget." if len(budgets) == 1
+              else "**The tuning budgets differ between models**: compare with care.", ""]
+    return lines
 
 
 def _comparison_section(report: dict[str, Any]) -> list[str]:

@@ -261,8 +261,33 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--resume", action="store_true",
                    help="reuse the runs already finished in OUTPUT with the same settings; "
                    "train only the rest")
+    p.add_argument("--tuned", action="append", default=[], type=Path, metavar="FILE",
+                   help="train a model with the best settings of its search (a bert4rec tune "
+                   "result); the table shows every model's tuning budget (repeatable)")
     _add_data_options(p, defaults=False)
     p.set_defaults(func=cmd_benchmark_quality)
+
+    p = sub.add_parser("tune", help="random search of one model's settings on the validation "
+                       "split, each trial under the same budget; the test split is never read")
+    p.add_argument("--model", required=True, choices=[m for m in BENCHMARK_MODELS if m != "pop"])
+    p.add_argument("--data", required=True, help="interaction log, or a data set name")
+    p.add_argument("--output", required=True, type=Path,
+                   help="result file (JSON), rewritten after every trial; the same command "
+                   "resumes an interrupted search from it")
+    p.add_argument("--trials", type=int, default=8, help="trials, the first being the model's "
+                   "own settings (default 8)")
+    p.add_argument("--time-budget", type=float, default=None, metavar="SECONDS",
+                   help="training seconds per trial")
+    p.add_argument("--epochs", type=int, default=None, help="epochs per trial at most")
+    p.add_argument("--preset", default="default", help="bert4rec's preset (default: default)")
+    p.add_argument("--space", type=Path, default=None,
+                   help="search spaces (TOML; default: the shipped search_spaces.toml)")
+    p.add_argument("--seed", type=int, default=0, help="seeds the draws and every trial")
+    p.add_argument("--threads", type=int, default=None)
+    p.add_argument("--device", choices=("auto", "cpu", "cuda"), default=None)
+    p.add_argument("--quiet", action="store_true")
+    _add_data_options(p, defaults=False)
+    p.set_defaults(func=cmd_tune)
 
     p = bench.add_parser("speed", help="training throughput, FLOP/s against this machine's "
                          "matmul peak, memory, and optionally time to a validation target")
@@ -707,18 +732,56 @@ def cmd_download(args: argparse.Namespace) -> int:
 
 
 def cmd_benchmark_quality(args: argparse.Namespace) -> int:
-    from bert4rec.benchmark import parse_models, parse_settings, quality
+    from bert4rec.benchmark import parse_models, parse_settings, quality, tuning_summary
+    from bert4rec.tuning import read_tuned
 
     models = parse_models(args.models)
     overrides = parse_settings(args.set)  # bad input fails before the data is read
+    searches = {}
+    for path in args.tuned:
+        search = read_tuned(path)
+        model = search["model"]
+        if model not in models:
+            raise DataError(f"--tuned {path} tunes {model}, which is not among --models")
+        if model in searches:
+            raise DataError(f"--tuned gives two searches for {model}")
+        clash = sorted(set(search["best"]["settings"]) & set(overrides.get(model, {})))
+        if clash:
+            raise DataError(f"--tuned {path} and --set both set {model}.{', '.join(clash)}; "
+                            "keep one")
+        searches[model] = (path, search)
     options = _prepare_options(args)
     data = _load(args, options)
+    tuning = {}
+    for model, (path, search) in searches.items():
+        if search["data"].get("fingerprint") != data.describe().get("fingerprint"):
+            raise DataError(f"--tuned {path} was searched on other data "
+                            f"({search['data'].get('source')}); tune on this data")
+        overrides[model] = {**search["best"]["settings"], **overrides.get(model, {})}
+        tuning[model] = tuning_summary(search, path)
     quality(data, args.output, models=models, preset=args.preset, overrides=overrides,
             seeds=args.seeds, time_budget=args.time_budget, epochs=args.epochs,
             threads=args.threads, device=args.device, negatives=args.negatives,
             options=options, titles=find_titles(data.source, data.vocab),
             command=_benchmark_command(args, models), progress=not args.quiet, log=_say,
-            jobs=args.jobs, resume=args.resume)
+            jobs=args.jobs, resume=args.resume, tuning=tuning)
+    return 0
+
+
+def cmd_tune(args: argparse.Namespace) -> int:
+    from bert4rec.tuning import tune
+
+    options = _prepare_options(args)
+    data = _load(args, options)
+    log = None if args.quiet else _say
+    report = tune(args.model, data, args.output, trials=args.trials,
+                  time_budget=args.time_budget, epochs=args.epochs, preset=args.preset,
+                  seed=args.seed, threads=args.threads, device=args.device,
+                  space_file=args.space, progress=not args.quiet, log=log)
+    best = report["best"]
+    _say(f"best of {len(report['trials'])} trials: trial {best['trial'] + 1}, valid NDCG@10 "
+         f"{best['valid_NDCG@10']:.4f}; use it with bert4rec benchmark quality --tuned "
+         f"{args.output} (or --set {' --set '.join(report['set_arguments']) or '(defaults)'})")
     return 0
 
 

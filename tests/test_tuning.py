@@ -1,0 +1,147 @@
+"""``bert4rec tune``: a fixed, seeded list of trials scored on validation, resumable, and its
+best settings and budget carried into ``benchmark quality``."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from bert4rec import synthetic, tuning
+from bert4rec.benchmark import MODELS
+from bert4rec.cli import main
+from bert4rec.data import load_interactions
+from bert4rec.errors import ConfigError
+from bert4rec.tuning import draw_trials, read_tuned, search_space, tune
+
+
+@pytest.fixture
+def log_path(tmp_path: Path) -> Path:
+    frame = synthetic.generate(num_users=60, num_items=40, min_length=6, max_length=12, seed=2)
+    return synthetic.write(tmp_path / "log.csv", frame, "(tests)")
+
+
+def test_trials_start_from_the_defaults_and_stay_in_the_space() -> None:
+    space = {"lr": {"low": 1e-4, "high": 1e-2, "log": True}, "dropout": [0.1, 0.3],
+             "beta": {"low": 0.5, "high": 0.6}}
+    trials = draw_trials(space, 40, seed=3)
+    assert trials[0] == {} and len(trials) == 40
+    assert trials == draw_trials(space, 40, seed=3)  # a search is a fixed list
+    assert trials != draw_trials(space, 40, seed=4)
+    for settings in trials[1:]:
+        assert 1e-4 <= settings["lr"] <= 1e-2 and 0.5 <= settings["beta"] <= 0.6
+        assert settings["dropout"] in (0.1, 0.3)
+    lrs = sorted(t["lr"] for t in trials[1:])
+    assert lrs[len(lrs) // 2] < 2e-3  # log-uniform: the median near 1e-3, not near 5e-3
+
+
+def test_every_shipped_space_draws_valid_settings() -> None:
+    for model in MODELS:
+        if model == "pop":
+            continue
+        for settings in draw_trials(search_space(model), 6, seed=0):
+            tuning._check(model, "default", 50, settings)  # raises on a typo in a key
+
+
+def test_bad_spaces_are_refused_with_the_reason(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="no search space for 'pop'"):
+        search_space("pop")
+    path = tmp_path / "space.toml"
+    path.write_text("[sasrec]\nlr = {low = 0.1, high = 0.01}\n")
+    with pytest.raises(ConfigError, match="low <= high"):
+        search_space("sasrec", path)
+    path.write_text("[sasrec]\nlr = []\n")
+    with pytest.raises(ConfigError, match="empty list"):
+        search_space("sasrec", path)
+    path.write_text("[sasrec]\nlr = 0.1\n")
+    with pytest.raises(ConfigError, match="list of choices"):
+        search_space("sasrec", path)
+    path.write_text("[sasrec]\nnot_a_setting = [1, 2]\n")
+    data = load_interactions(_tiny_log(tmp_path))
+    with pytest.raises(ConfigError, match="invalid setting"):  # before anything trains
+        tune("sasrec", data, tmp_path / "t.json", trials=2, epochs=1, space_file=path)
+    assert not (tmp_path / "t.json").exists()
+    with pytest.raises(ConfigError, match="budget"):
+        tune("sasrec", data, tmp_path / "t.json", trials=2)
+
+
+def _tiny_log(tmp_path: Path) -> Path:
+    frame = synthetic.generate(num_users=30, num_items=20, min_length=5, max_length=8, seed=0)
+    return synthetic.write(tmp_path / "tiny.csv", frame, "(tests)")
+
+
+def test_a_search_records_its_trials_and_resumes(tmp_path: Path, log_path: Path,
+                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    data = load_interactions(log_path)
+    out = tmp_path / "tune-fpmc.json"
+    report = tune("fpmc", data, out, trials=3, epochs=1, threads=1)
+    saved = json.loads(out.read_text())
+    assert saved["trials"] == report["trials"] and len(saved["trials"]) == 3
+    assert [t["trial"] for t in saved["trials"]] == [0, 1, 2]
+    assert saved["trials"][0]["settings"] == {}
+    scores = [t["valid_full"]["NDCG@10"] for t in saved["trials"]]
+    assert saved["best"]["valid_NDCG@10"] == max(scores)
+    assert saved["best"]["trial"] == scores.index(max(scores))
+    assert saved["budget"]["trials"] == saved["budget"]["trials_done"] == 3
+    assert saved["budget"]["epochs_per_trial"] == 1
+    assert saved["budget"]["train_seconds"] == pytest.approx(
+        sum(t["train_seconds"] for t in saved["trials"]))
+    assert all(arg.startswith("fpmc.") for arg in saved["set_arguments"])
+
+    # The same search again trains nothing; a longer one trains only the new trials.
+    def no_training(*args: Any, **kwargs: Any) -> dict[str, Any]:
+        raise AssertionError("a finished trial was trained again")
+
+    monkeypatch.setattr(tuning, "_train_and_validate", no_training)
+    again = tune("fpmc", data, out, trials=3, epochs=1, threads=1)
+    assert all(t["reused"] for t in again["trials"])
+    assert again["best"] == saved["best"]
+
+
+def test_unfinished_or_foreign_files_are_not_searches(tmp_path: Path) -> None:
+    path = tmp_path / "x.json"
+    path.write_text("[1, 2]")
+    with pytest.raises(ConfigError, match="not the result of bert4rec tune"):
+        read_tuned(path)
+    path.write_text(json.dumps({"model": "fpmc", "data": {}, "best": {"settings": {}},
+                                "budget": {"trials": 4, "trials_done": 2}}))
+    with pytest.raises(ConfigError, match="ran 2 of its 4 trials"):
+        read_tuned(path)
+    with pytest.raises(ConfigError, match="cannot read"):
+        read_tuned(tmp_path / "missing.json")
+
+
+def test_quality_trains_with_the_tuned_settings_and_shows_the_budget(
+    tmp_path: Path, log_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    search = tmp_path / "tune-fpmc.json"
+    assert main(["tune", "--model", "fpmc", "--data", str(log_path), "--output", str(search),
+                 "--trials", "2", "--epochs", "1", "--threads", "1", "--quiet"]) == 0
+    assert "--tuned" in capsys.readouterr().err
+    best = json.loads(search.read_text())["best"]["settings"]
+    common = ["benchmark", "quality", "--data", str(log_path), "--epochs", "1", "--threads", "1",
+              "--negatives", "20", "--quiet", "--seeds", "0"]
+    out = tmp_path / "bench"
+    assert main([*common, "--models", "pop,fpmc,bpr", "--output", str(out),
+                 "--tuned", str(search)]) == 0
+    report = json.loads((out / "quality.json").read_text())
+    assert report["settings"]["overrides"].get("fpmc", {}) == best
+    assert report["tuning"]["fpmc"]["trials"] == 2
+    markdown = (out / "quality.md").read_text()
+    assert "## Tuning (validation split only)" in markdown
+    assert "| BPR-MF | not tuned" in markdown
+    assert "The tuning budgets differ between models" in markdown
+
+    # A search of a model not in the table, or a --set of the same key: refused, nothing run.
+    capsys.readouterr()
+    assert main([*common, "--models", "pop,bpr", "--output", str(tmp_path / "b2"),
+                 "--tuned", str(search)]) == 2
+    assert "not among --models" in capsys.readouterr().err
+    if best:
+        key = next(iter(best))
+        assert main([*common, "--models", "fpmc", "--output", str(tmp_path / "b3"),
+                     "--tuned", str(search), "--set", f"fpmc.{key}=0.5"]) == 2
+        assert "keep one" in capsys.readouterr().err
+    assert not (tmp_path / "b2").exists() and not (tmp_path / "b3").exists()
