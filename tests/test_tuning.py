@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 
 from bert4rec import synthetic, tuning
-from bert4rec.benchmark import MODELS
+from bert4rec.benchmark import MODELS, check_model_settings
 from bert4rec.cli import main
 from bert4rec.data import load_interactions
 from bert4rec.errors import ConfigError
@@ -42,7 +42,7 @@ def test_every_shipped_space_draws_valid_settings() -> None:
         if model == "pop":
             continue
         for settings in draw_trials(search_space(model), 6, seed=0):
-            tuning._check(model, "default", 50, settings)  # raises on a typo in a key
+            check_model_settings(model, "default", 50, settings)  # raises on a typo in a key
 
 
 def test_bad_spaces_are_refused_with_the_reason(tmp_path: Path) -> None:
@@ -60,7 +60,7 @@ def test_bad_spaces_are_refused_with_the_reason(tmp_path: Path) -> None:
         search_space("sasrec", path)
     path.write_text("[sasrec]\nnot_a_setting = [1, 2]\n")
     data = load_interactions(_tiny_log(tmp_path))
-    with pytest.raises(ConfigError, match="invalid setting"):  # before anything trains
+    with pytest.raises(ConfigError, match="in the search space: sasrec: "):  # nothing trains
         tune("sasrec", data, tmp_path / "t.json", trials=2, epochs=1, space_file=path)
     assert not (tmp_path / "t.json").exists()
     with pytest.raises(ConfigError, match="budget"):

@@ -128,20 +128,26 @@ def _check_settings(
                 raise ConfigError(f"--set {model}.{key}: {key} is the same for every model; "
                                   f"use {SHARED[key]}")
     for model in models:
-        values = {**shared, **overrides.get(model, {})}
-        try:
-            if model == "bert4rec":
-                from bert4rec.presets import load_preset
+        check_model_settings(model, preset, num_items, {**shared, **overrides.get(model, {})})
 
-                load_preset(preset, values).model_config(num_items)
-            elif model != "pop":
-                from bert4rec.baselines import baseline_config
 
-                baseline_config(model, num_items, values)
-        except (TypeError, ValueError) as exc:
-            raise ConfigError(f"{model}: invalid setting ({exc})") from exc
-        except ConfigError as exc:
-            raise ConfigError(f"{model}: {exc}") from exc
+def check_model_settings(model: str, preset: str, num_items: int,
+                         values: Mapping[str, Any]) -> None:
+    """Build ``model``'s configuration with ``values`` applied, training nothing; a bad key or
+    value is a ConfigError that names the model."""
+    try:
+        if model == "bert4rec":
+            from bert4rec.presets import load_preset
+
+            load_preset(preset, dict(values)).model_config(num_items)
+        elif model != "pop":
+            from bert4rec.baselines import baseline_config
+
+            baseline_config(model, num_items, dict(values))
+    except (TypeError, ValueError) as exc:
+        raise ConfigError(f"{model}: invalid setting ({exc})") from exc
+    except ConfigError as exc:
+        raise ConfigError(f"{model}: {exc}") from exc
 
 
 # ----------------------------------------------------------------------------------------------
@@ -267,16 +273,19 @@ def _run_key(model: str, settings: dict[str, Any], preset: str, negatives: int,
     (BERT4Rec's preset by content, not name), the data, the negatives, and, since a time budget
     buys different training on other hardware or beside other runs, the CPU, the GPU and how
     many runs shared the machine."""
-    shipped = None
-    if model == "bert4rec":
-        from bert4rec.presets import load_preset
-
-        loaded = load_preset(preset)
-        shipped = {"name": preset, "model": loaded.model, "train": asdict(loaded.train)}
+    shipped = preset_content(preset) if model == "bert4rec" else None
     key = {"model": model, "settings": settings, "preset": shipped, "negatives": negatives,
            "negative_seed": NEGATIVE_SEED, "data": data.describe().get("fingerprint"),
            "jobs": jobs, "cpu": machine["cpu"], "gpu": machine["gpu"]}
     return json.loads(json.dumps(key, default=str))
+
+
+def preset_content(preset: str) -> dict[str, Any]:
+    """A BERT4Rec preset by content, not name: a preset edited since is another preset."""
+    from bert4rec.presets import load_preset
+
+    loaded = load_preset(preset)
+    return {"name": preset, "model": loaded.model, "train": asdict(loaded.train)}
 
 
 def _finished(run_dir: Path, key: dict[str, Any]) -> dict[str, Any] | None:

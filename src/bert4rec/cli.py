@@ -753,8 +753,9 @@ def cmd_benchmark_quality(args: argparse.Namespace) -> int:
     options = _prepare_options(args)
     data = _load(args, options)
     tuning = {}
+    fingerprint = data.describe().get("fingerprint")
     for model, (path, search) in searches.items():
-        if search["data"].get("fingerprint") != data.describe().get("fingerprint"):
+        if search["data"].get("fingerprint") != fingerprint:
             raise DataError(f"--tuned {path} was searched on other data "
                             f"({search['data'].get('source')}); tune on this data")
         overrides[model] = {**search["best"]["settings"], **overrides.get(model, {})}

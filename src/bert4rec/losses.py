@@ -14,6 +14,7 @@ where nobody calls ``backward``; without gradients to compute, only the loss is.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from typing import Any
 
 import torch
@@ -31,8 +32,20 @@ def _accumulation_dtype(compute_dtype: torch.dtype) -> torch.dtype:
     return torch.promote_types(compute_dtype, torch.float32)
 
 
-def _chunk_rows(num_classes: int, chunk_elements: int) -> int:
-    return max(1, chunk_elements // max(1, num_classes))
+def _chunks(
+    hidden: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, targets: torch.Tensor,
+    compute_dtype: torch.dtype, chunk_elements: int,
+) -> Iterator[tuple[slice, torch.Tensor, torch.Tensor, torch.Tensor]]:
+    """Row chunks of the logits: (rows, the chunk's hidden states in ``compute_dtype``, its
+    logits in the accumulation dtype, its targets). As under autocast: the product in
+    ``compute_dtype``, the bias and everything after it wider."""
+    step = max(1, chunk_elements // max(1, weight.shape[0]))
+    w = weight.to(compute_dtype)
+    b = bias.to(_accumulation_dtype(compute_dtype))
+    for start in range(0, hidden.shape[0], step):
+        rows = slice(start, start + step)
+        h = hidden[rows].to(compute_dtype)
+        yield rows, h, (h @ w.T).to(b.dtype).add_(b), targets[rows]
 
 
 class _LinearCrossEntropy(torch.autograd.Function):
@@ -46,21 +59,15 @@ class _LinearCrossEntropy(torch.autograd.Function):
         compute_dtype: torch.dtype,
         chunk_elements: int,
     ) -> torch.Tensor:
-        rows = hidden.shape[0]
-        step = _chunk_rows(weight.shape[0], chunk_elements)
         w = weight.to(compute_dtype)
         wide = _accumulation_dtype(compute_dtype)
-        b = bias.to(wide)
         grad_hidden = torch.empty_like(hidden)
         grad_weight = torch.zeros(weight.shape, dtype=wide, device=weight.device)
         grad_bias = torch.zeros(bias.shape, dtype=wide, device=bias.device)
         total = torch.zeros((), dtype=wide, device=hidden.device)
-        scale = 1.0 / max(rows, 1)
-        for start in range(0, rows, step):
-            h = hidden[start : start + step].to(compute_dtype)
-            y = targets[start : start + step]
-            # As under autocast: the product in compute_dtype, the bias and softmax in fp32.
-            logits = (h @ w.T).to(wide).add_(b)
+        scale = 1.0 / max(hidden.shape[0], 1)
+        for rows, h, logits, y in _chunks(hidden, w, bias, targets, compute_dtype,
+                                          chunk_elements):  # w: cast once, for both uses
             lse = torch.logsumexp(logits, dim=1)
             picked = logits.gather(1, y[:, None])[:, 0]
             total += (lse - picked).sum()
@@ -70,7 +77,7 @@ class _LinearCrossEntropy(torch.autograd.Function):
             grad.mul_(scale)
             grad_bias += grad.sum(0)
             g = grad.to(compute_dtype)
-            grad_hidden[start : start + step] = g @ w
+            grad_hidden[rows] = g @ w
             grad_weight += (g.T @ h).to(wide)
         ctx.save_for_backward(grad_hidden, grad_weight.to(weight.dtype), grad_bias.to(bias.dtype))
         return total * scale
@@ -87,18 +94,10 @@ class _LinearCrossEntropy(torch.autograd.Function):
 def _loss_only(hidden: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor,
                targets: torch.Tensor, compute_dtype: torch.dtype,
                chunk_elements: int) -> torch.Tensor:
-    rows = hidden.shape[0]
-    step = _chunk_rows(weight.shape[0], chunk_elements)
-    w = weight.to(compute_dtype)
-    wide = _accumulation_dtype(compute_dtype)
-    b = bias.to(wide)
-    total = torch.zeros((), dtype=wide, device=hidden.device)
-    for start in range(0, rows, step):
-        h = hidden[start : start + step].to(compute_dtype)
-        y = targets[start : start + step]
-        logits = (h @ w.T).to(wide).add_(b)
+    total = torch.zeros((), dtype=_accumulation_dtype(compute_dtype), device=hidden.device)
+    for _, _, logits, y in _chunks(hidden, weight, bias, targets, compute_dtype, chunk_elements):
         total += (torch.logsumexp(logits, dim=1) - logits.gather(1, y[:, None])[:, 0]).sum()
-    return total / max(rows, 1)
+    return total / max(hidden.shape[0], 1)
 
 
 def linear_cross_entropy(

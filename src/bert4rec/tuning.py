@@ -20,7 +20,6 @@ import random
 import time
 import tomllib
 from collections.abc import Callable, Mapping
-from dataclasses import asdict
 from datetime import UTC, datetime
 from importlib import resources
 from pathlib import Path
@@ -84,20 +83,6 @@ def draw_trials(space: Mapping[str, Any], trials: int, seed: int) -> list[dict[s
     return out[:trials]
 
 
-def _check(model: str, preset: str, num_items: int, settings: dict[str, Any]) -> None:
-    try:
-        if model == "bert4rec":
-            from bert4rec.presets import load_preset
-
-            load_preset(preset, settings).model_config(num_items)
-        else:
-            from bert4rec.baselines import baseline_config
-
-            baseline_config(model, num_items, settings)
-    except (TypeError, ValueError, ConfigError) as exc:
-        raise ConfigError(f"{model}: invalid setting in the search space ({exc})") from exc
-
-
 def _train_and_validate(model: str, data: Interactions, preset: str, settings: dict[str, Any],
                         progress: bool, log: Callable[[str], None] | None) -> dict[str, Any]:
     if model == "bert4rec":
@@ -118,14 +103,9 @@ def _train_and_validate(model: str, data: Interactions, preset: str, settings: d
 def _key(model: str, preset: str, data: Interactions, space: dict[str, Any], trials: int,
          seed: int, shared: dict[str, Any]) -> dict[str, Any]:
     """What makes two searches the same search (as JSON gives it back)."""
-    from bert4rec.benchmark import machine_info
+    from bert4rec.benchmark import machine_info, preset_content
 
-    shipped = None
-    if model == "bert4rec":
-        from bert4rec.presets import load_preset
-
-        loaded = load_preset(preset)
-        shipped = {"name": preset, "model": loaded.model, "train": asdict(loaded.train)}
+    shipped = preset_content(preset) if model == "bert4rec" else None
     machine = machine_info()
     key = {"model": model, "preset": shipped, "data": data.describe().get("fingerprint"),
            "space": space, "trials": trials, "seed": seed, "shared": shared,
@@ -151,7 +131,7 @@ def tune(
     """Run (or resume) the search and write its result to ``output`` after every trial; the
     result. ``time_budget`` (seconds) and ``epochs`` cap every trial alike; ``seed`` seeds both
     the draws and every trial's training."""
-    from bert4rec.benchmark import MODELS, commit_info, machine_info
+    from bert4rec.benchmark import MODELS, check_model_settings, commit_info, machine_info
 
     if model not in MODELS or model == "pop":
         raise ConfigError(f"cannot tune {model!r}; choose from "
@@ -171,7 +151,10 @@ def tune(
             shared[name] = value
     drawn = draw_trials(space, trials, seed)
     for settings in drawn:  # every trial checked before the first one trains
-        _check(model, preset, data.num_items, {**settings, **shared})
+        try:
+            check_model_settings(model, preset, data.num_items, {**settings, **shared})
+        except ConfigError as exc:
+            raise ConfigError(f"in the search space: {exc}") from exc
     key = _key(model, preset, data, space, trials, seed, shared)
     done = _finished_trials(output, key)
     report: dict[str, Any] = {
