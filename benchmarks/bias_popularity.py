@@ -14,16 +14,15 @@ from __future__ import annotations
 
 import argparse
 import json
-from datetime import UTC, datetime
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from bert4rec.benchmark import commit_info, machine_info
+from bert4rec.benchmark import provenance_header
 from bert4rec.data import load_interactions
 from bert4rec.evaluation import evaluate
-from bert4rec.runs import load_model
+from bert4rec.runs import load_model, write_json
 
 
 def main() -> None:
@@ -56,13 +55,12 @@ def main() -> None:
     result = {
         "command": " ".join(["python", "benchmarks/bias_popularity.py", "--run", str(args.run),
                              "--data", args.data, "--out", str(args.out)]),
-        **commit_info(), "machine": machine_info(),
-        "date": datetime.now(UTC).isoformat(timespec="seconds"),
+        **provenance_header(),
         "correlation": float(np.corrcoef(learned, log_pop)[0, 1]), "slope": float(slope),
         "intercept": float(intercept), "validation": rows,
     }
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(result, indent=2) + "\n")
+    write_json(args.out, result)
 
 
 if __name__ == "__main__":

@@ -17,11 +17,11 @@ import statistics
 import subprocess
 import sys
 import tempfile
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from bert4rec.benchmark import commit_info, machine_info
+from bert4rec.benchmark import provenance_header
+from bert4rec.runs import write_json
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -76,14 +76,13 @@ def main() -> None:
     first = trees[0][0]
     result = {
         "command": " ".join(["python", "benchmarks/epoch_ab.py", *sys.argv[1:]]),
-        **commit_info(), "machine": machine_info(),
-        "date": datetime.now(UTC).isoformat(timespec="seconds"),
+        **provenance_header(),
         "preset": args.preset, "overrides": args.set, "threads": args.threads,
         "epochs": epochs, "median_seconds_per_epoch": medians,
         "speed-up over the first": {sha: medians[first] / m for sha, m in medians.items()},
     }
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(result, indent=2) + "\n")
+    write_json(args.out, result)
     for sha, median in medians.items():
         print(f"{sha[:9]}: median {median:.1f} s/epoch, {medians[first] / median:.2f}x")
 

@@ -12,19 +12,18 @@ are random, which changes no cost. bf16 autocast as the preset trains.
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import time
 from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager, nullcontext
-from datetime import UTC, datetime
 from pathlib import Path
 
 import torch
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
-from bert4rec.benchmark import commit_info, machine_info
+from bert4rec.benchmark import provenance_header
 from bert4rec.model import BERT4Rec, BERT4RecConfig
+from bert4rec.runs import write_json
 
 ITEMS, BATCH = 3416, 256
 
@@ -89,14 +88,13 @@ def main() -> None:
         "command": " ".join(["python", "benchmarks/step_variants.py", *[
             f"--{k}={v}" for k, v in (("rounds", args.rounds), ("threads", args.threads),
                                      ("out", args.out))]]),
-        **commit_info(), "machine": machine_info(),
-        "date": datetime.now(UTC).isoformat(timespec="seconds"),
+        **provenance_header(),
         "warm_up_seconds": {name: warm for name, (_, warm) in variants.items()},
         "step_seconds": seconds, "median_step_seconds": medians,
         "relative_to_eager": {name: m / medians["eager"] for name, m in medians.items()},
     }
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(result, indent=2) + "\n")
+    write_json(args.out, result)
     for name, median in medians.items():
         print(f"{name}: median {median:.3f} s/step ({median / medians['eager']:.2f}x eager)")
 

@@ -169,6 +169,13 @@ def machine_info() -> dict[str, Any]:
             "torch": torch.__version__}
 
 
+def provenance_header() -> dict[str, Any]:
+    """What every benchmark result starts with: commit (and whether it was dirty), machine,
+    date."""
+    return {**commit_info(), "machine": machine_info(),
+            "date": datetime.now(UTC).isoformat(timespec="seconds")}
+
+
 def commit_info() -> dict[str, Any]:
     """The commit of the code that runs (``git rev-parse HEAD`` where the package's source lies)
     and whether tracked files differ from it. Without git history, ``$BERT4REC_COMMIT`` or
