@@ -17,7 +17,6 @@ import shlex
 import sys
 import tempfile
 import time
-from datetime import UTC, datetime
 from pathlib import Path
 
 import numpy as np
@@ -28,7 +27,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 
 from bert4rec.batch import score_users  # noqa: E402
-from bert4rec.benchmark import commit_info, machine_info  # noqa: E402
+from bert4rec.benchmark import provenance_header  # noqa: E402
 from bert4rec.data import load_interactions  # noqa: E402
 from bert4rec.runs import load_model, write_json  # noqa: E402
 
@@ -49,8 +48,7 @@ def main() -> None:
     model, info = load_model(args.run)
     data = load_interactions(args.data, info.prepare)
     report = {
-        "command": shlex.join(["python", *sys.argv]), **commit_info(),
-        "machine": machine_info(), "date": datetime.now(UTC).isoformat(timespec="seconds"),
+        "command": shlex.join(["python", *sys.argv]), **provenance_header(),
         "data": data.describe(), "run": str(args.run),
         "model": {"name": info.model, "config": info.config},
         "k": args.k, "workers": args.workers, "torch_threads": torch.get_num_threads(),

@@ -19,14 +19,14 @@ import sys
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
 
-from bert4rec.benchmark import commit_info, machine_info
+from bert4rec.benchmark import provenance_header
 from bert4rec.evaluation import METRICS, bootstrap_ci
+from bert4rec.runs import write_json
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -100,12 +100,9 @@ def main() -> None:
     parser.add_argument("--out", required=True)
     args = parser.parse_args()
     args.name = args.name or args.preset
-    started = datetime.now(UTC)
     report: dict[str, Any] = {
         "command": " ".join([Path(sys.executable).name, *sys.argv]),
-        **commit_info(),
-        "date": started.isoformat(timespec="seconds"),
-        "machine": machine_info(),
+        **provenance_header(),
         "data": args.data,
         "preset": args.preset,
         "overrides": args.set,
@@ -120,7 +117,7 @@ def main() -> None:
         with lock:  # each finished seed is on disk at once, so a cut-off run keeps it
             report["seeds"] = sorted([*report["seeds"], result], key=lambda s: s["seed"])
             report["summary"] = summarise(report["seeds"])
-            out.write_text(json.dumps(report, indent=2) + "\n")
+            write_json(out, report)
 
     with ThreadPoolExecutor(max_workers=args.parallel) as pool:
         list(pool.map(run, args.seeds))

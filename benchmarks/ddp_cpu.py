@@ -23,7 +23,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from bert4rec.benchmark import commit_info, machine_info
+from bert4rec.benchmark import provenance_header
+from bert4rec.runs import write_json
 
 
 def free_port() -> int:
@@ -69,7 +70,7 @@ def main() -> None:
     parser.add_argument("--out", type=Path, required=True)
     args = parser.parse_args()
 
-    commit, machine = commit_info(), machine_info()
+    header = provenance_header()
     runs = []
     for round_ in range(args.rounds):
         # Alternate which goes first, so neither always meets the same load.
@@ -89,11 +90,9 @@ def main() -> None:
         "data": args.data, "preset": args.preset, "set": args.set, "rounds": args.rounds,
         "median_epoch_seconds": {f"{args.cores}x1": median["processes"],
                                  f"1x{args.cores}": median["threads"]},
-        "runs": runs, **commit, "machine": machine,
-        "date": datetime.now(UTC).date().isoformat(),
+        "runs": runs, **header,
     }
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
+    write_json(args.out, report)
     print(json.dumps(report["median_epoch_seconds"]))
 
 

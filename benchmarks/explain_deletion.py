@@ -23,7 +23,6 @@ from __future__ import annotations
 import argparse
 import json
 import time
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -31,7 +30,7 @@ import numpy as np
 import torch
 
 from bert4rec import explain as ex
-from bert4rec.benchmark import commit_info, machine_info
+from bert4rec.benchmark import provenance_header
 from bert4rec.data import load_interactions
 from bert4rec.recommender import recommend
 from bert4rec.runs import atomic_write, load_model, write_json
@@ -77,7 +76,7 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     started = time.perf_counter()
-    code = commit_info()  # the code that runs, read before anything can change it
+    header = provenance_header()  # the code that runs, read before anything can change it
     model, info = load_model(args.run)
     data = load_interactions(args.data, info.prepare)
     info.check_data(data)
@@ -144,9 +143,7 @@ def main() -> None:
         "benchmark": "explain-deletion",
         "command": "python benchmarks/explain_deletion.py " + " ".join(
             f"--{k.replace('_', '-')} {v}" for k, v in vars(args).items()),
-        "date": datetime.now(UTC).isoformat(timespec="seconds"),
-        **code,
-        "machine": machine_info(),
+        **header,
         "threads": args.threads,
         "run": {"path": str(args.run), "model": info.model, "config": info.config,
                 "valid_full": info.metrics.get("valid_full"),

@@ -18,7 +18,6 @@ import json
 import os
 import statistics
 import time
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -26,7 +25,7 @@ import numpy as np
 import torch
 
 from bert4rec import explain as ex
-from bert4rec.benchmark import commit_info, machine_info
+from bert4rec.benchmark import provenance_header
 from bert4rec.data import load_interactions
 from bert4rec.recommender import recommend
 from bert4rec.runs import load_model, write_json
@@ -41,7 +40,7 @@ def main() -> None:
     parser.add_argument("--threads", type=int, nargs="+", default=[1, 2])
     parser.add_argument("--out", type=Path, default=None)
     args = parser.parse_args()
-    code = commit_info()
+    header = provenance_header()
     model, info = load_model(args.run)
     data = load_interactions(args.data, info.prepare)
     window = model.config.max_len - 1
@@ -85,9 +84,7 @@ def main() -> None:
         "command": "python benchmarks/explain_speed.py " + " ".join(
             f"--{k.replace('_', '-')} {' '.join(map(str, v)) if isinstance(v, list) else v}"
             for k, v in vars(args).items()),
-        "date": datetime.now(UTC).isoformat(timespec="seconds"),
-        **code,
-        "machine": machine_info(),
+        **header,
         "load_average_1min": loads,
         "run": str(args.run),
         "history_items": len(history),

@@ -15,7 +15,6 @@ import shlex
 import sys
 import tempfile
 import time
-from datetime import UTC, datetime
 from pathlib import Path
 
 import numpy as np
@@ -24,7 +23,7 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 
-from bert4rec.benchmark import commit_info, machine_info  # noqa: E402
+from bert4rec.benchmark import provenance_header  # noqa: E402
 from bert4rec.data import load_interactions  # noqa: E402
 from bert4rec.export import OnnxRecommender, export_onnx  # noqa: E402
 from bert4rec.recommender import recommend  # noqa: E402
@@ -76,8 +75,7 @@ def main() -> None:
 
     identical = (ids_torch == ids_onnx).all(axis=1)
     report = {
-        "command": shlex.join(["python", *sys.argv]), **commit_info(),
-        "machine": machine_info(), "date": datetime.now(UTC).isoformat(timespec="seconds"),
+        "command": shlex.join(["python", *sys.argv]), **provenance_header(),
         "run": str(args.run), "model": {"name": info.model, "config": info.config},
         "histories": len(histories), "k": args.k,
         "identical_top_k": int(identical.sum()),

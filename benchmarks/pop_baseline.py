@@ -21,7 +21,6 @@ import shlex
 import statistics
 import sys
 import time
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -29,7 +28,7 @@ import numpy as np
 import torch
 
 from bert4rec.baselines.pop import PopularityRecommender
-from bert4rec.benchmark import commit_info, machine_info
+from bert4rec.benchmark import provenance_header
 from bert4rec.data import Interactions, PrepareOptions, load_interactions
 from bert4rec.evaluation import (
     METRICS,
@@ -182,9 +181,7 @@ def main(argv: list[str] | None = None) -> int:
 
     record: dict[str, Any] = {
         "benchmark": "pop_baseline",
-        **commit_info(),
-        "date": datetime.now(UTC).isoformat(timespec="seconds"),
-        "machine": machine_info(),
+        **provenance_header(),
         "command": shlex.join(["python", *sys.argv]),
         "protocol": {"split": "test", "negatives": 100, "metrics": list(METRICS),
                      "default_tie_rule": "expected"},

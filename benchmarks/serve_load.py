@@ -30,7 +30,6 @@ import subprocess
 import sys
 import time
 from collections import defaultdict
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -39,7 +38,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 
-from bert4rec.benchmark import commit_info, machine_info  # noqa: E402
+from bert4rec.benchmark import provenance_header  # noqa: E402
 from bert4rec.runs import write_json  # noqa: E402
 
 HISTORY = 200
@@ -270,8 +269,7 @@ def main() -> None:
 
     report: dict[str, Any] = {
         "command": shlex.join([sys.executable.rsplit("/", 1)[-1], *sys.argv]),
-        **commit_info(), "machine": machine_info(),
-        "date": datetime.now(UTC).isoformat(timespec="seconds"),
+        **provenance_header(),
         "data": str(args.data), "run": str(args.run or args.url), "k": args.k,
         "history": HISTORY, "p99_bar_ms": args.p99_ms,
     }

@@ -25,9 +25,10 @@ from typing import Any
 import numpy as np
 import torch
 
-from bert4rec.benchmark import commit_info, machine_info
+from bert4rec.benchmark import provenance_header
 from bert4rec.data import load_interactions
 from bert4rec.presets import load_preset, parse_assignment
+from bert4rec.runs import write_json
 from bert4rec.training import Trainer
 
 
@@ -81,10 +82,10 @@ def main() -> None:
         rows.append(row)
         print(json.dumps(row), flush=True)
     if args.out:
-        report = {**commit_info(), "machine": machine_info(), "clock": args.clock,
+        report = {**provenance_header(), "clock": args.clock,
                   "data": args.data, "preset": args.preset, "threads": args.threads,
                   "rounds": args.rounds, "rows": rows}
-        Path(args.out).write_text(json.dumps(report, indent=2) + "\n")
+        write_json(Path(args.out), report)
 
 
 if __name__ == "__main__":

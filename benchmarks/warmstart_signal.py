@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from bert4rec.benchmark import commit_info, machine_info
+from bert4rec.benchmark import provenance_header
 from bert4rec.data import load_interactions
 from bert4rec.evaluation import evaluate
 from bert4rec.runs import write_json
@@ -77,7 +77,7 @@ def main() -> None:
     if args.out is not None:
         write_json(args.out, {"command": "python benchmarks/warmstart_signal.py --data "
                               f"{args.data} --dim {args.dim} --window {args.window}",
-                              **commit_info(), "machine": machine_info(),
+                              **provenance_header(),
                               "data": data.describe(), "valid_full": results})
     print(json.dumps({name: round(m["NDCG@10"], 4) for name, m in results.items()}))
 

@@ -46,10 +46,11 @@ import numpy as np
 import pandas as pd
 import torch
 
-from bert4rec.benchmark import commit_info, machine_info
+from bert4rec.benchmark import provenance_header
 from bert4rec.data import Interactions, load_interactions
 from bert4rec.evaluation import METRICS, evaluate, metrics_from_ranks
 from bert4rec.presets import load_preset
+from bert4rec.runs import write_json
 from bert4rec.split import eval_cases
 from bert4rec.training import Trainer
 
@@ -286,9 +287,7 @@ def main() -> None:
     data = load_interactions(args.data)
     report: dict[str, Any] = {
         "command": " ".join([Path(sys.executable).name, *sys.argv]),
-        **commit_info(),
-        "date": started.isoformat(timespec="seconds"),
-        "machine": machine_info(),
+        **provenance_header(),
         "load_average_start": [round(x, 2) for x in os.getloadavg()],
         "data": args.data,
         "data_summary": {k: v for k, v in data.describe().items() if k != "source"},
@@ -297,7 +296,7 @@ def main() -> None:
     out.parent.mkdir(parents=True, exist_ok=True)
 
     def save(epoch_time: dict[str, Any]) -> None:  # partial results survive an interruption
-        out.write_text(json.dumps({**report, "epoch_time": epoch_time}, indent=2) + "\n")
+        write_json(out, {**report, "epoch_time": epoch_time})
 
     if args.rounds > 0:
         report["epoch_time"] = epoch_times(args, data, log, save)
@@ -307,7 +306,7 @@ def main() -> None:
         report.setdefault("quality", {})["ours bert4rec"] = our_quality(args, data)
     report["load_average_end"] = [round(x, 2) for x in os.getloadavg()]
     report["wall_seconds"] = round((datetime.now(UTC) - started).total_seconds(), 1)
-    out.write_text(json.dumps(report, indent=2) + "\n")
+    write_json(out, report)
     for label, row in report.get("epoch_time", {}).get("rows", {}).items():
         times = ", ".join(f"{ratio:.2f}x {other}" for other, ratio in row["times_ours"].items())
         print(f"{label}: median {row['median_epoch_seconds']:.1f} s/epoch, {times}")
