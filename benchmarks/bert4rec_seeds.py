@@ -109,7 +109,6 @@ def main() -> None:
         "seeds": [],
     }
     out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
     lock = threading.Lock()
 
     def run(seed: int) -> None:

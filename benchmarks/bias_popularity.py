@@ -59,7 +59,6 @@ def main() -> None:
         "correlation": float(np.corrcoef(learned, log_pop)[0, 1]), "slope": float(slope),
         "intercept": float(intercept), "validation": rows,
     }
-    args.out.parent.mkdir(parents=True, exist_ok=True)
     write_json(args.out, result)
 
 

@@ -81,7 +81,6 @@ def main() -> None:
         "epochs": epochs, "median_seconds_per_epoch": medians,
         "speed-up over the first": {sha: medians[first] / m for sha, m in medians.items()},
     }
-    args.out.parent.mkdir(parents=True, exist_ok=True)
     write_json(args.out, result)
     for sha, median in medians.items():
         print(f"{sha[:9]}: median {median:.1f} s/epoch, {medians[first] / median:.2f}x")

@@ -93,7 +93,6 @@ def main() -> None:
         "step_seconds": seconds, "median_step_seconds": medians,
         "relative_to_eager": {name: m / medians["eager"] for name, m in medians.items()},
     }
-    args.out.parent.mkdir(parents=True, exist_ok=True)
     write_json(args.out, result)
     for name, median in medians.items():
         print(f"{name}: median {median:.3f} s/step ({median / medians['eager']:.2f}x eager)")

@@ -293,7 +293,6 @@ def main() -> None:
         "data_summary": {k: v for k, v in data.describe().items() if k != "source"},
     }
     out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
 
     def save(epoch_time: dict[str, Any]) -> None:  # partial results survive an interruption
         write_json(out, {**report, "epoch_time": epoch_time})
