@@ -9,7 +9,14 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from bert4rec.model import BERT4Rec, BERT4RecConfig, DropoutMasks, attention, dropout
+from bert4rec.model import (
+    BERT4Rec,
+    BERT4RecConfig,
+    DropoutMasks,
+    _written_out_pays,
+    attention,
+    dropout,
+)
 
 
 def tiny(num_items: int = 20, **overrides: object) -> BERT4Rec:
@@ -169,6 +176,24 @@ def test_written_out_attention_matches_the_fused_kernel(monkeypatch: pytest.Monk
     fused = F.scaled_dot_product_attention(q, k, v, attn_mask=attend)
     # With every element kept, dropout only rescales by 1 / (1 - p).
     torch.testing.assert_close(attention(q, k, v, attend, 0.2, masks) * 0.8, fused)
+
+def test_bf16_training_attention_matches_the_fused_kernel_and_its_gradients() -> None:
+    torch.manual_seed(0)
+    q, k, v = (torch.randn(3, 2, 9, 8).bfloat16().requires_grad_() for _ in range(3))
+    attend = torch.ones(3, 1, 1, 9, dtype=torch.bool)
+    attend[1, ..., :4] = False  # left padding
+    assert _written_out_pays(q, 0.0, DropoutMasks(0))  # bf16 with gradients: written out
+    with torch.no_grad():
+        assert not _written_out_pays(q, 0.0, DropoutMasks(0))  # inference: the fused kernel
+    assert not _written_out_pays(q.detach().float().requires_grad_(), 0.0, DropoutMasks(0))
+    grad = torch.randn(3, 2, 9, 8).bfloat16()
+    results = []
+    for out in (attention(q, k, v, attend, 0.0, DropoutMasks(0)),
+                F.scaled_dot_product_attention(q, k, v, attn_mask=attend)):
+        results.append([out, *torch.autograd.grad(out, (q, k, v), grad)])
+    for written, fused in zip(*results, strict=True):
+        torch.testing.assert_close(written.float(), fused.float(), rtol=0.02, atol=0.02)
+
 
 def test_last_only_encoding_is_the_last_slot_of_the_full_one() -> None:
     torch.manual_seed(0)

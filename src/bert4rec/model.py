@@ -136,13 +136,27 @@ class Dropout(nn.Module):
         return dropout(x, self.p, self.training, self.masks)
 
 
+def _written_out_pays(q: torch.Tensor, p: float, masks: DropoutMasks | None) -> bool:
+    """Whether the written-out attention beats PyTorch's fused CPU kernel here. With dropout
+    the fused kernel is unavailable and PyTorch's fallback draws its masks with ``bernoulli_``.
+    When training in bf16 the fused kernel's backward is slow: at B = 256, T = 200, two heads
+    of 32 or 64, its forward + backward take about 1.5x the written-out one's, whose softmax
+    runs in fp32 and matmuls in bf16 (a step 13-18 % shorter, ``benchmarks/attention_cpu.py``).
+    Forward alone (inference) and fp32 training stay on the fused kernel, which is faster
+    there."""
+    if q.device.type != "cpu":
+        return False  # the GPU's fused kernels apply dropout themselves
+    if p > 0.0 and masks is not None:
+        return True
+    return q.dtype == torch.bfloat16 and q.requires_grad and torch.is_grad_enabled()
+
+
 def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, attend: torch.Tensor, p: float,
               masks: DropoutMasks | None) -> torch.Tensor:
-    """Scaled dot-product attention, ``attend`` (B, 1, 1, T) False at padding keys. PyTorch's
-    fused kernel when there is no dropout (or on a GPU, whose fused kernels apply it); on the
-    CPU with dropout the fused kernel is unavailable and PyTorch's fallback draws its masks
-    with ``bernoulli_``, so it is written out here with fast masks."""
-    if p == 0.0 or masks is None or q.device.type != "cpu":
+    """Scaled dot-product attention, ``attend`` (B, 1, 1, T) False at padding keys: PyTorch's
+    fused kernel, or on the CPU where it is faster (:func:`_written_out_pays`) the same
+    computation written out, with this module's fast dropout masks."""
+    if not _written_out_pays(q, p, masks):
         return F.scaled_dot_product_attention(q, k, v, attn_mask=attend, dropout_p=p)
     b, heads, tq, d_head = q.shape
     t = k.shape[2]
