@@ -36,7 +36,8 @@ import pyarrow.compute as pc
 import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 
-from bert4rec.benchmark import commit_info, machine_info
+from bert4rec.benchmark import machine_info, provenance_header
+from bert4rec.runs import write_json
 
 ROOT = Path(__file__).resolve().parent.parent
 NUM_USERS = 138_493
@@ -196,15 +197,14 @@ def main() -> None:
         "command": " ".join([Path(sys.executable).name, *sys.argv]),
         "label": args.label,
         "src": str(args.src) if args.src else None,
-        **commit_info(),
+        **provenance_header(),  # the machine block below adds memory and library versions
         "date": started.isoformat(timespec="seconds"),
         "machine": info,
         "measured": "load_interactions(path, use_cache=False) in a fresh process; seconds "
                     "exclude the imports, peak_mb (ru_maxrss) includes them; median of runs",
         "rows": rows,
     }
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(report, indent=2) + "\n")
+    write_json(args.out, report)
     print(f"\n{'format':<14} {'file MB':>8} {'rows':>11} {'seconds':>8} {'CPU s':>6} "
           f"{'peak MB':>8}")
     for row in rows:
