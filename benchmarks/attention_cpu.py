@@ -19,7 +19,8 @@ import argparse
 import json
 import statistics
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -35,6 +36,17 @@ from bert4rec.runs import write_json
 from bert4rec.training import Trainer
 
 
+@contextmanager
+def _attention_rule(rule: Callable[..., bool]) -> Iterator[None]:
+    """Run with ``rule`` in place of the model's choice between the two attention paths."""
+    chosen = model_module._written_out_pays
+    model_module._written_out_pays = rule
+    try:
+        yield
+    finally:
+        model_module._written_out_pays = chosen
+
+
 def _kernel_rows(rounds: int, head_dim: int) -> list[dict[str, Any]]:
     b, heads, t = 256, 2, 200
     generator = torch.Generator().manual_seed(0)
@@ -46,12 +58,8 @@ def _kernel_rows(rounds: int, head_dim: int) -> list[dict[str, Any]]:
         return F.scaled_dot_product_attention(q, k, v, attn_mask=attend)
 
     def written_out(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
-        forced = model_module._written_out_pays
-        model_module._written_out_pays = lambda *_: True
-        try:
+        with _attention_rule(lambda *_: True):
             return attention(q, k, v, attend, 0.0, masks)
-        finally:
-            model_module._written_out_pays = forced
 
     variants: dict[str, Callable[..., torch.Tensor]] = {"fused": fused,
                                                         "written out": written_out}
@@ -86,20 +94,17 @@ def _step_rows(data_path: str, preset_name: str, size: int, steps: int, rounds: 
     preset = load_preset(preset_name, {"threads": threads, "hidden_size": size})
     trainer = Trainer(data, preset.model_config(data.num_items), preset.train, progress=False)
     batches = trainer.epoch_batches()[:steps]
-    chosen = model_module._written_out_pays
-    variants: dict[str, Callable[..., bool]] = {"fused": lambda *_: False, "automatic": chosen}
+    variants: dict[str, Callable[..., bool]] = {"fused": lambda *_: False,
+                                                "automatic": model_module._written_out_pays}
     times: dict[str, list[float]] = {name: [] for name in variants}
-    try:
-        for round_ in range(rounds + 1):
-            for name, rule in variants.items():
-                model_module._written_out_pays = rule
+    for round_ in range(rounds + 1):
+        for name, rule in variants.items():
+            with _attention_rule(rule):
                 started = time.perf_counter()
                 for batch in batches:
                     trainer.train_step(batch)
-                if round_:
-                    times[name].append((time.perf_counter() - started) / len(batches))
-    finally:
-        model_module._written_out_pays = chosen
+            if round_:
+                times[name].append((time.perf_counter() - started) / len(batches))
     base = statistics.median(times["fused"])
     rows = []
     for name, seconds in times.items():

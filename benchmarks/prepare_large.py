@@ -36,7 +36,7 @@ import pyarrow.compute as pc
 import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 
-from bert4rec.benchmark import machine_info, provenance_header
+from bert4rec.benchmark import commit_info, machine_info
 from bert4rec.runs import write_json
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -197,7 +197,7 @@ def main() -> None:
         "command": " ".join([Path(sys.executable).name, *sys.argv]),
         "label": args.label,
         "src": str(args.src) if args.src else None,
-        **provenance_header(),  # the machine block below adds memory and library versions
+        **commit_info(),
         "date": started.isoformat(timespec="seconds"),
         "machine": info,
         "measured": "load_interactions(path, use_cache=False) in a fresh process; seconds "

@@ -177,6 +177,7 @@ def test_written_out_attention_matches_the_fused_kernel(monkeypatch: pytest.Monk
     # With every element kept, dropout only rescales by 1 / (1 - p).
     torch.testing.assert_close(attention(q, k, v, attend, 0.2, masks) * 0.8, fused)
 
+
 def test_bf16_training_attention_matches_the_fused_kernel_and_its_gradients() -> None:
     torch.manual_seed(0)
     q, k, v = (torch.randn(3, 2, 9, 8).bfloat16().requires_grad_() for _ in range(3))
