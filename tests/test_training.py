@@ -89,11 +89,12 @@ def test_same_seed_same_metrics() -> None:
         assert torch.equal(value, b.model.state_dict()[key])
 
 
+@pytest.mark.parametrize("ema_decay", [None, 0.9])
 def test_resume_after_interruption_matches_an_uninterrupted_run(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, ema_decay: float | None
 ) -> None:
     data = planted(num_users=120)
-    config = quick(epochs=4, mask_prob=0.3)
+    config = quick(epochs=4, mask_prob=0.3, ema_decay=ema_decay)
     # Dropout on, so the restored random state matters.
     model_config = BERT4RecConfig(num_items=data.num_items, max_len=16, hidden_size=32,
                                   num_layers=1, num_heads=2, hidden_dropout=0.1,
@@ -117,6 +118,39 @@ def test_resume_after_interruption_matches_an_uninterrupted_run(
     assert resumed.valid_metrics == straight.valid_metrics
     for key, value in straight.model.state_dict().items():
         assert torch.equal(value, resumed.model.state_dict()[key])
+
+
+def test_moving_average_follows_the_steps_and_is_what_the_run_keeps() -> None:
+    data = planted(num_users=120)
+    trainer = Trainer(data, small_model(data.num_items), quick(epochs=3, ema_decay=0.5),
+                      progress=False)
+    assert trainer.average is not None
+    expected = {k: v.clone() for k, v in trainer.model.state_dict().items()}
+    for n, batch in enumerate(trainer.epoch_batches()[:3]):
+        trainer.train_step(batch)
+        current = trainer.model.state_dict()
+        # The first update copies; then the decay is min(0.5, (1 + n) / (10 + n)) = 0.5 here.
+        rate = 1.0 if n == 0 else 1.0 - min(0.5, (1 + n) / (10 + n))
+        expected = {k: v + rate * (current[k] - v) for k, v in expected.items()}
+    for key, value in trainer.average.module.state_dict().items():
+        torch.testing.assert_close(value, expected[key])
+        assert not torch.equal(value, trainer.model.state_dict()[key])
+
+    result = Trainer(data, small_model(data.num_items), quick(epochs=3, ema_decay=0.5),
+                     progress=False).fit()
+    plain = Trainer(data, small_model(data.num_items), quick(epochs=3), progress=False).fit()
+    # Training is the same; what is validated and kept is the average.
+    assert [r["loss"] for r in result.state.history] == [r["loss"] for r in plain.state.history]
+    assert ([r["valid_NDCG@10"] for r in result.state.history]
+            != [r["valid_NDCG@10"] for r in plain.state.history])
+    rescored = evaluate(result.model, data, split="valid", protocol="full", progress=False)
+    assert rescored.metrics["NDCG@10"] == pytest.approx(result.state.best_metric)
+
+
+@pytest.mark.parametrize("decay", [0.0, 1.0, -0.5])
+def test_ema_decay_must_be_a_fraction(decay: float) -> None:
+    with pytest.raises(ConfigError, match="ema_decay"):
+        quick(ema_decay=decay)
 
 
 def test_resume_refuses_other_settings(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

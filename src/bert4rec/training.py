@@ -13,6 +13,10 @@ batch in proportion to ``(training count + 1) ** sampling_alpha``, with the logQ
 :mod:`bert4rec.model`. ``valid_users`` validates on a fixed random share of the users, so that
 early stopping stays cheap on large data.
 
+With ``ema_decay`` set, an exponential moving average of the weights is kept beside them
+(:class:`torch.optim.swa_utils.AveragedModel`, updated after every step); validation, early
+stopping and the weights the run ends with are the average's, and training itself is unchanged.
+
 A checkpoint is written after every epoch into ``RUN_DIR/checkpoint``: weights, best weights,
 optimiser state and every random generator state, in safetensors plus a JSON file. Training
 started again with the same command resumes from it and, with the same seed, thread count and
@@ -32,12 +36,13 @@ import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
 from torch.nn.parallel import DistributedDataParallel
+from torch.optim.swa_utils import AveragedModel
 from tqdm import tqdm
 
 from bert4rec.data import Interactions
@@ -66,7 +71,7 @@ LOSSES = ("softmax", "sampled", "gbce")
 # Settings added after checkpoint version 1: they join a checkpoint's identity only when they
 # differ from their defaults, so checkpoints written before them still resume.
 LATER_SETTINGS = ("loss", "num_negatives", "sampling_alpha", "gbce_t", "valid_users",
-                  "item_embedding_init")
+                  "item_embedding_init", "ema_decay")
 ITEM_INITS = ("random", "cooccurrence")
 
 
@@ -101,6 +106,7 @@ class TrainConfig:
     sampling_alpha: float = 0.5  # sampled: draw by (count + 1) ** alpha; 0 is uniform
     gbce_t: float = 0.75  # gbce: calibration t (gSASRec's default; 0 is plain BCE)
     valid_users: int | None = None  # validate on this many users drawn once; None: all
+    ema_decay: float | None = None  # validate and keep a moving average of the weights; None: off
 
     def __post_init__(self) -> None:
         if self.item_embedding_init not in ITEM_INITS:
@@ -114,6 +120,9 @@ class TrainConfig:
             raise ConfigError("sampling_alpha must be >= 0")
         if not 0.0 <= self.gbce_t <= 1.0:
             raise ConfigError("gbce_t must be in [0, 1]")
+        if self.ema_decay is not None and not 0.0 < self.ema_decay < 1.0:
+            raise ConfigError(f"ema_decay must be in (0, 1), or none for no averaging, "
+                              f"not {self.ema_decay!r}")
         if self.valid_users is not None and self.valid_users < 1:
             raise ConfigError("valid_users must be >= 1 (or left out for all users)")
         if self.precision not in ("fp32", "bf16"):
@@ -217,6 +226,23 @@ class ClozeLoss(torch.nn.Module):
         return self.model.loss(inputs, labels, negatives)
 
 
+def moving_average(model: torch.nn.Module, decay: float) -> AveragedModel:
+    """An exponential moving average of ``model``'s weights, updated by ``update_parameters``.
+
+    The decay warms up as ``min(decay, (1 + n) / (10 + n))`` after n updates, so that early on
+    the average spans about the last tenth of the steps taken and does not lag behind a model
+    that is still learning fast; later it spans about ``1 / (1 - decay)`` steps.
+    """
+
+    def update(averaged: list[torch.Tensor] | tuple[torch.Tensor, ...],
+               current: list[torch.Tensor] | tuple[torch.Tensor, ...],
+               updates: torch.Tensor | int) -> None:
+        n = int(updates)
+        torch._foreach_lerp_(list(averaged), list(current), 1.0 - min(decay, (1 + n) / (10 + n)))
+
+    return AveragedModel(model, multi_avg_fn=update).eval()
+
+
 def lr_factor(step: int, warmup: int, progress: float) -> float:
     """Warm-up from 0 to 1 over ``warmup`` steps, then linear decay reaching 0 when
     ``progress`` (the share of the run done, 0..1) reaches 1."""
@@ -305,6 +331,9 @@ class Trainer:
         )
         self.state = TrainState()
         self._set_lr(0.0)
+        self.average: AveragedModel | None = None
+        if config.ema_decay is not None:
+            self.average = moving_average(self.model, config.ema_decay)
         self.best_weights = {k: v.detach().clone() for k, v in self.model.state_dict().items()}
         self.ddp: DistributedDataParallel | None = None
         if self.group is not None:
@@ -375,6 +404,8 @@ class Trainer:
         loss.backward()
         torch.nn.utils.clip_grad_norm_(self.model.parameters(), cfg.clip_norm)
         self.optimizer.step()
+        if self.average is not None:
+            self.average.update_parameters(self.model)
         self.state.step += 1
         return float(loss.detach()) if self.group is None else self._batch_loss(loss)
 
@@ -407,9 +438,17 @@ class Trainer:
         """The global batch's loss: the ranks' weighted parts averaged."""
         return float(all_reduce_mean(loss.detach(), self.group))
 
+    @property
+    def validated_model(self) -> BERT4Rec:
+        """The weights that validation scores and the run keeps: the moving average when one
+        is kept, else the model's own."""
+        if self.average is None:
+            return self.model
+        return cast(BERT4Rec, self.average.module)
+
     def validate(self) -> dict[str, float]:
-        result = evaluate(self.model, self.data, split="valid", protocol="full", progress=False,
-                          batch_size=512, users=self.valid_users)
+        result = evaluate(self.validated_model, self.data, split="valid", protocol="full",
+                          progress=False, batch_size=512, users=self.valid_users)
         return result.metrics
 
     def fit(self) -> TrainResult:
@@ -453,8 +492,8 @@ class Trainer:
                     self.state.best_metric = metrics["NDCG@10"]
                     self.state.best_epoch = self.state.epoch
                     self.state.bad_evals = 0
-                    self.best_weights = {k: v.detach().clone()
-                                         for k, v in self.model.state_dict().items()}
+                    self.best_weights = {k: v.detach().clone() for k, v
+                                         in self.validated_model.state_dict().items()}
                 else:
                     self.state.bad_evals += 1
                     if cfg.patience and self.state.bad_evals >= cfg.patience:
@@ -470,6 +509,7 @@ class Trainer:
         self.state.stopped = stop or "epochs done"
         self.model.load_state_dict(self.best_weights)
         self.model.eval()
+        self.average = None  # the model now holds the weights the run keeps
         valid = self.validate() if self.state.best_epoch else {}
         if self.group is not None:  # every rank returns rank 0's result
             broadcast_module(self.model, self.group)
@@ -532,6 +572,9 @@ class Trainer:
             tensors[f"model.{k}"] = v.detach().cpu().contiguous()
         for k, v in self.best_weights.items():
             tensors[f"best.{k}"] = v.detach().cpu().contiguous()
+        if self.average is not None:
+            for k, v in self.average.state_dict().items():
+                tensors[f"average.{k}"] = v.detach().cpu().contiguous()
         optimizer = self.optimizer.state_dict()
         for index, slots in optimizer["state"].items():
             for key, value in slots.items():
@@ -570,6 +613,9 @@ class Trainer:
                                     if k.startswith("model.")})
         self.best_weights = {k[5:]: v.to(self.device) for k, v in tensors.items()
                              if k.startswith("best.")}
+        if self.average is not None:
+            self.average.load_state_dict({k[8:]: v for k, v in tensors.items()
+                                          if k.startswith("average.")})
         optim_state: dict[int, dict[str, torch.Tensor]] = {}
         for key, value in tensors.items():
             if key.startswith("optim."):
