@@ -21,7 +21,9 @@ peer's full ranking with seen items removed, the same exclusion our ``full`` pro
 a test item outside the list is counted at the bottom of the ranking, so MRR is a lower bound,
 exact when every test item is within the top 100 (its upper bound is given beside it).
 ``--ours-budget SECONDS`` trains ours at the same settings for that long and evaluates it
-under our ``full`` protocol, for a side by side at equal training time.
+under our ``full`` protocol, for a side by side at equal training time. With ``--together``
+the peer's training and ours run at the same time, ``--threads`` threads each, so that both
+meet the same machine (on two cores: one thread each).
 
     python benchmarks/rectools/compare.py --data ../shared/data/ml-1m/ml-1m.txt \
         --rounds 3 --epochs 2 --out benchmarks/results/rectools-peer.json
@@ -38,6 +40,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -271,6 +274,8 @@ def main() -> None:
                         help="seconds of peer training per model before its lists (0: none)")
     parser.add_argument("--ours-budget", type=float, default=0.0,
                         help="seconds of training for ours at the same settings (0: none)")
+    parser.add_argument("--together", action="store_true",
+                        help="train the peer's models and ours at the same time")
     parser.add_argument("--recs", action="append", default=[],
                         help="MODEL=FILE: score a peer's top-k Parquet file (repeatable)")
     parser.add_argument("--runs", default="runs/rectools", help="where the peer's lists go")
@@ -280,6 +285,8 @@ def main() -> None:
     for item in args.recs:
         if "=" not in item:
             parser.error(f"--recs expects MODEL=FILE, got {item!r}")
+    if args.together and not (args.quality_budget and args.ours_budget):
+        parser.error("--together needs both --quality-budget and --ours-budget")
     torch.set_num_threads(args.threads)
     started = datetime.now(UTC)
     log = Path(args.log)
@@ -299,10 +306,17 @@ def main() -> None:
 
     if args.rounds > 0:
         report["epoch_time"] = epoch_times(args, data, log, save)
-    if args.quality_budget or args.recs:
-        report["quality"] = quality(args, data, log)
-    if args.ours_budget:
-        report.setdefault("quality", {})["ours bert4rec"] = our_quality(args, data)
+    if args.together:  # the peer trains in its own process while ours trains in this one
+        with ThreadPoolExecutor(max_workers=1) as pool:
+            peer = pool.submit(quality, args, data, log)
+            ours = our_quality(args, data)
+            report["quality"] = {**peer.result(), "ours bert4rec": ours}
+        report["quality_together"] = True
+    else:
+        if args.quality_budget or args.recs:
+            report["quality"] = quality(args, data, log)
+        if args.ours_budget:
+            report.setdefault("quality", {})["ours bert4rec"] = our_quality(args, data)
     report["load_average_end"] = [round(x, 2) for x in os.getloadavg()]
     report["wall_seconds"] = round((datetime.now(UTC) - started).total_seconds(), 1)
     write_json(out, report)
