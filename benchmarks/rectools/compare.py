@@ -24,9 +24,8 @@ exact when every test item is within the top 100 (its upper bound is given besid
 under our ``full`` protocol, for a side by side at equal training time: our BERT4Rec beside
 RecTools' BERT4Rec, our SASRec with the full-softmax loss (``sasrec-ce``: d = 64, 2 blocks, 2
 heads, N = 200, dropout 0.2, batch 256, Adam at 1e-3, as RecTools' SASRec) beside RecTools'
-SASRec. With ``--together``
-the peer's training and ours run at the same time, ``--threads`` threads each, so that both
-meet the same machine (on two cores: one thread each).
+SASRec. With ``--together`` the peer's training and ours run at the same time, ``--threads``
+threads each, so that both meet the same machine (on two cores: one thread each).
 
     python benchmarks/rectools/compare.py --data ../shared/data/ml-1m/ml-1m.txt \
         --rounds 3 --epochs 2 --out benchmarks/results/rectools-peer.json
@@ -69,10 +68,12 @@ PEER_MODELS = ("bert4rec", "sasrec")
 TOP_K = 100
 
 # The ml-1m-small preset moved to the configuration RecTools runs: see the module docstring.
-OURS: dict[str, Any] = {"window_step": None, "hidden_dropout": 0.2, "attention_dropout": 0.2,
-        "batch_size": 256, "lr": 1e-3, "mask_prob": 0.2, "max_predictions": 40,
-        "last_item_prob": 0.0, "max_len": 200, "hidden_size": 64, "num_layers": 2,
-        "num_heads": 2, "precision": "fp32", "device": "cpu", "time_budget": None}
+OURS: dict[str, Any] = {
+    "window_step": None, "hidden_dropout": 0.2, "attention_dropout": 0.2, "batch_size": 256,
+    "lr": 1e-3, "mask_prob": 0.2, "max_predictions": 40, "last_item_prob": 0.0, "max_len": 200,
+    "hidden_size": 64, "num_layers": 2, "num_heads": 2, "precision": "fp32", "device": "cpu",
+    "time_budget": None,
+}
 
 
 # ----------------------------------------------------------------------------------------------
@@ -237,12 +238,10 @@ def our_bert4rec(args: argparse.Namespace, data: Interactions) -> dict[str, Any]
     started = time.perf_counter()
     result = trainer.fit()
     wall = time.perf_counter() - started
-    test = evaluate(result.model, data, split="test", protocol="full", progress=False)
-    return {"model": "bert4rec", "budget_seconds": args.ours_budget,
-            "epochs": result.state.epoch,
+    return {"model": "bert4rec", "metrics": full_test_metrics(result.model, data),
+            "budget_seconds": args.ours_budget, "epochs": result.state.epoch,
             "best_epoch": result.state.best_epoch, "stopped": result.state.stopped,
             "train_seconds": round(result.state.elapsed, 1), "wall_seconds": round(wall, 1),
-            "metrics": {m: round(v, 6) for m, v in test.metrics.items()},
             "settings": {"preset": "ml-1m-small", **OURS, "time_budget": args.ours_budget}}
 
 
@@ -258,12 +257,17 @@ def our_sasrec(args: argparse.Namespace, data: Interactions) -> dict[str, Any]:
     started = time.perf_counter()
     model, result = sasrec.fit(data, config, fit)
     wall = time.perf_counter() - started
-    test = evaluate(model, data, split="test", protocol="full", progress=False)
-    return {"model": config.name, "budget_seconds": args.ours_budget, "epochs": result.epochs,
+    return {"model": config.name, "metrics": full_test_metrics(model, data),
+            "budget_seconds": args.ours_budget, "epochs": result.epochs,
             "best_epoch": result.best_epoch, "stopped": result.stopped,
             "train_seconds": round(result.seconds, 1), "wall_seconds": round(wall, 1),
-            "metrics": {m: round(v, 6) for m, v in test.metrics.items()},
             "settings": {**config.to_dict(), **vars(fit)}}
+
+
+def full_test_metrics(model: Any, data: Interactions) -> dict[str, float]:
+    """Test metrics of one of ours under the ``full`` protocol, rounded as the report keeps them."""
+    test = evaluate(model, data, split="test", protocol="full", progress=False)
+    return {m: round(v, 6) for m, v in test.metrics.items()}
 
 
 def quality(args: argparse.Namespace, data: Interactions, log: Path) -> dict[str, Any]:
