@@ -222,6 +222,24 @@ def test_resume_reuses_finished_runs_and_retrains_changed_ones(
     assert any("1 finished run(s)" in line and "trained again" in line for line in lines)
 
 
+def test_runs_and_table_name_the_commit_the_benchmark_started_at(
+    tmp_path: Path, log_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A commit made while the benchmark trains does not relabel the runs: the code that ran
+    # is the code of the commit at the start.
+    import bert4rec.benchmark as benchmark
+
+    heads = iter(["a" * 40, "b" * 40, "c" * 40, "d" * 40])
+    monkeypatch.setattr(benchmark, "commit_info",
+                        lambda: {"commit": next(heads), "dirty": False, "dirty_paths": []})
+
+    report = quality(load_interactions(log_path), tmp_path / "bench", models=["pop", "fpmc"],
+                     seeds=[0], epochs=1, threads=1, negatives=20, progress=False, log=None)
+
+    assert report["commit"] == "a" * 40
+    assert [report["results"][m]["runs"][0]["commit"] for m in ("pop", "fpmc")] == ["a" * 40] * 2
+
+
 def test_jobs_train_runs_in_parallel_processes_with_the_same_table(
     tmp_path: Path, log_path: Path
 ) -> None:

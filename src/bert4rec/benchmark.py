@@ -253,15 +253,16 @@ RECORD = "benchmark-run.json"  # in each run directory: what was run, and what i
 def _run(
     model: str, data: Interactions, settings: dict[str, Any], preset: str, run_dir: Path,
     options: PrepareOptions, titles: dict[Any, str] | None, negatives: int,
-    key: dict[str, Any], progress: bool, log: Callable[[str], None] | None,
+    key: dict[str, Any], commit: str, progress: bool, log: Callable[[str], None] | None,
 ) -> dict[str, Any]:
     """Train one run, evaluate it on the test split under both protocols, write its per-user
-    results and its record (last, so a run with a record is a finished run); the record."""
+    results and its record (last, so a run with a record is a finished run); the record.
+    ``commit`` is the code's commit when the benchmark started: HEAD may move while it trains."""
     (run_dir / RECORD).unlink(missing_ok=True)  # a record never outlives the run it describes
     wall = time.perf_counter()
     recommender, record = _train(model, data, settings, preset, run_dir, options, titles,
                                  progress, log)
-    record = {"seed": settings["seed"], "run": str(run_dir), "commit": commit_info()["commit"],
+    record = {"seed": settings["seed"], "run": str(run_dir), "commit": commit,
               "date": datetime.now(UTC).isoformat(timespec="seconds"),
               "wall_seconds": time.perf_counter() - wall, **record}
     for protocol in PROTOCOL_NAMES:
@@ -411,6 +412,7 @@ def quality(
         raise ConfigError(f"--negatives {negatives}: {exc}") from exc
 
     started = datetime.now(UTC)
+    code = commit_info()  # now, before anything trains: the code that runs is this commit's
     clock = time.perf_counter()
     say = log or (lambda message: None)
     previous_threads = torch.get_num_threads()
@@ -444,7 +446,7 @@ def quality(
         arguments = {task: (task[0], data, {"seed": task[1], **shared,
                                              **per_model.get(task[0], {})},
                             preset, output / "runs" / f"{task[0]}-seed{task[1]}", options
-                            or PrepareOptions(), titles, negatives, keys[task])
+                            or PrepareOptions(), titles, negatives, keys[task], code["commit"])
                      for task in pending}
         if jobs > 1 and len(pending) > 1:
             context = multiprocessing.get_context("spawn")
@@ -478,7 +480,7 @@ def quality(
     report: dict[str, Any] = {
         "command": command or _python_call(data, models, preset, per_model, seeds, shared,
                                            negatives, output),
-        **commit_info(),
+        **code,
         "machine": {**machine_info(), "threads": threads or previous_threads},
         "date": started.isoformat(timespec="seconds"),
         "duration_seconds": time.perf_counter() - clock,
