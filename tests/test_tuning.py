@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from bert4rec import synthetic, tuning
+from bert4rec import benchmark, synthetic, tuning
 from bert4rec.benchmark import MODELS, check_model_settings
 from bert4rec.cli import main
 from bert4rec.data import load_interactions
@@ -76,8 +76,12 @@ def test_a_search_records_its_trials_and_resumes(tmp_path: Path, log_path: Path,
                                                  monkeypatch: pytest.MonkeyPatch) -> None:
     data = load_interactions(log_path)
     out = tmp_path / "tune-fpmc.json"
+    # A commit made while the trials train does not relabel them: they ran the first one's code.
+    heads = iter(["a" * 40, "b" * 40, "c" * 40, "d" * 40])
+    monkeypatch.setattr(benchmark, "commit_info", lambda: {"commit": next(heads)})
     report = tune("fpmc", data, out, trials=3, epochs=1, threads=1)
     saved = json.loads(out.read_text())
+    assert [t["commit"] for t in saved["trials"]] == ["a" * 40] * 3
     assert saved["trials"] == report["trials"] and len(saved["trials"]) == 3
     assert [t["trial"] for t in saved["trials"]] == [0, 1, 2]
     assert saved["trials"][0]["settings"] == {}

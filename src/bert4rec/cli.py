@@ -804,6 +804,8 @@ def cmd_benchmark_speed(args: argparse.Namespace) -> int:
         if getattr(args, name) is not None:
             overrides[name] = getattr(args, name)
     preset = load_preset(args.preset, overrides)
+    code = commit_info()  # at the start: HEAD may move while the benchmark runs
+    started = datetime.now(UTC).isoformat(timespec="seconds")
     data = _load(args, _prepare_options(args))
     if preset.train.threads:
         torch.set_num_threads(preset.train.threads)
@@ -815,8 +817,7 @@ def cmd_benchmark_speed(args: argparse.Namespace) -> int:
     peak = peaks.get(preset.train.precision, peaks["fp32"])
     report: dict[str, Any] = {
         "command": shlex.join(["bert4rec", *sys.argv[1:]]),
-        **commit_info(), "machine": machine_info(),
-        "date": datetime.now(UTC).isoformat(timespec="seconds"),
+        **code, "machine": machine_info(), "date": started,
         "data": data.describe(), "preset": preset.name, "overrides": overrides,
         "device": str(device), "threads": torch.get_num_threads(),
         "precision": preset.train.precision, "matmul_peak_flops": peaks,

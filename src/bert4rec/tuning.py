@@ -156,6 +156,7 @@ def tune(
         except ConfigError as exc:
             raise ConfigError(f"in the search space: {exc}") from exc
     key = _key(model, preset, data, space, trials, seed, shared)
+    code = commit_info()["commit"]  # the code that runs; HEAD may move while trials train
     done = _finished_trials(output, key)
     report: dict[str, Any] = {
         "model": model, "data": data.describe(), "preset": preset if model == "bert4rec" else None,
@@ -177,7 +178,7 @@ def tune(
                                      log)
         report["trials"].append({
             "trial": index, "settings": settings, **record,
-            "wall_seconds": time.perf_counter() - wall, "commit": commit_info()["commit"],
+            "wall_seconds": time.perf_counter() - wall, "commit": code,
             "date": datetime.now(UTC).isoformat(timespec="seconds"),
         })
         _summarise(report, model)
