@@ -12,7 +12,7 @@ from typing import Any
 import pandas as pd
 import pytest
 
-from bert4rec import synthetic
+from bert4rec import benchmark, synthetic
 from bert4rec.baselines.pop import PopularityRecommender
 from bert4rec.benchmark import LABELS, parse_models, parse_settings, quality
 from bert4rec.cli import main
@@ -227,8 +227,6 @@ def test_runs_and_table_name_the_commit_the_benchmark_started_at(
 ) -> None:
     # A commit made while the benchmark trains does not relabel the runs: the code that ran
     # is the code of the commit at the start.
-    import bert4rec.benchmark as benchmark
-
     heads = iter(["a" * 40, "b" * 40, "c" * 40, "d" * 40])
     monkeypatch.setattr(benchmark, "commit_info",
                         lambda: {"commit": next(heads), "dirty": False, "dirty_paths": []})

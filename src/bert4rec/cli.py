@@ -787,10 +787,8 @@ def cmd_tune(args: argparse.Namespace) -> int:
 
 
 def cmd_benchmark_speed(args: argparse.Namespace) -> int:
-    from datetime import UTC, datetime
-
     from bert4rec import speed
-    from bert4rec.benchmark import commit_info, machine_info
+    from bert4rec.benchmark import provenance_header
     from bert4rec.device import resolve_device
     from bert4rec.presets import load_preset, parse_assignment
     from bert4rec.runs import write_json
@@ -804,8 +802,7 @@ def cmd_benchmark_speed(args: argparse.Namespace) -> int:
         if getattr(args, name) is not None:
             overrides[name] = getattr(args, name)
     preset = load_preset(args.preset, overrides)
-    code = commit_info()  # at the start: HEAD may move while the benchmark runs
-    started = datetime.now(UTC).isoformat(timespec="seconds")
+    header = provenance_header()  # at the start: HEAD may move while the benchmark runs
     data = _load(args, _prepare_options(args))
     if preset.train.threads:
         torch.set_num_threads(preset.train.threads)
@@ -817,8 +814,7 @@ def cmd_benchmark_speed(args: argparse.Namespace) -> int:
     peak = peaks.get(preset.train.precision, peaks["fp32"])
     report: dict[str, Any] = {
         "command": shlex.join(["bert4rec", *sys.argv[1:]]),
-        **code, "machine": machine_info(), "date": started,
-        "data": data.describe(), "preset": preset.name, "overrides": overrides,
+        **header, "data": data.describe(), "preset": preset.name, "overrides": overrides,
         "device": str(device), "threads": torch.get_num_threads(),
         "precision": preset.train.precision, "matmul_peak_flops": peaks,
         "epoch": measured.to_dict(), "peak_share": measured.achieved_flops / peak,
