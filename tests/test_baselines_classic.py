@@ -13,7 +13,7 @@ import pandas as pd
 import pytest
 import torch
 
-from bert4rec.baselines import bpr, caser, fpmc, ncf
+from bert4rec.baselines import bpr, caser, common, fpmc, ncf
 from bert4rec.baselines.common import FitConfig
 from bert4rec.baselines.history import (
     bpr_loss,
@@ -25,9 +25,9 @@ from bert4rec.baselines.history import (
 from bert4rec.baselines.pop import PopularityRecommender
 from bert4rec.data import Interactions, PrepareOptions, prepare_frame
 from bert4rec.errors import ConfigError
-from bert4rec.evaluation import evaluate
+from bert4rec.evaluation import evaluate, validation_users
 from bert4rec.recommender import Recommender
-from bert4rec.split import TrainSequences, train_sequences
+from bert4rec.split import TrainSequences, eval_cases, train_sequences
 from bert4rec.synthetic import generate
 
 MODULES: dict[str, ModuleType] = {"bpr": bpr, "ncf": ncf, "fpmc": fpmc, "caser": caser}
@@ -285,6 +285,83 @@ def test_ncf_chunked_full_ranking_matches_one_chunk(
     chunked = model.score(histories)
 
     torch.testing.assert_close(chunked, whole)
+
+
+class _Clock:
+    """A stand-in for ``time.perf_counter``: a millisecond per reading, and whatever a patched
+    validation pass adds."""
+
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def __call__(self) -> float:
+        self.now += 1e-3
+        return self.now
+
+
+def test_time_budget_counts_training_not_validation(
+    medium: Interactions, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    clock = _Clock()
+    monkeypatch.setattr(common.time, "perf_counter", clock)
+
+    def slow_validation(*args: Any, **kwargs: Any) -> Any:
+        clock.now += 1000.0  # a validation pass far longer than the budget
+        return evaluate(*args, **kwargs)
+
+    monkeypatch.setattr(common, "evaluate", slow_validation)
+    config = tiny_config("bpr", medium.num_items)
+
+    _, result = bpr.fit(medium, config, quick(epochs=3, eval_every=1, time_budget=100.0))
+
+    assert result.stopped == "epochs done"
+    assert result.epochs == 3
+    assert result.seconds < 100.0  # the training steps' clock, not the validation passes'
+
+
+def test_time_budget_stops_training(medium: Interactions, monkeypatch: pytest.MonkeyPatch) -> None:
+    clock = _Clock()
+    monkeypatch.setattr(common.time, "perf_counter", clock)
+    config = tiny_config("bpr", medium.num_items)
+
+    _, result = bpr.fit(medium, config, quick(epochs=50, batch_size=8, time_budget=0.05))
+
+    assert result.stopped == "time budget"
+    assert result.epochs < 50
+    assert 0.05 < result.seconds < 0.1
+
+
+def test_validation_on_a_fixed_sample_of_users(
+    medium: Interactions, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    seen: list[np.ndarray | None] = []
+
+    def recording(*args: Any, **kwargs: Any) -> Any:
+        seen.append(kwargs.get("users"))
+        return evaluate(*args, **kwargs)
+
+    monkeypatch.setattr(common, "evaluate", recording)
+    config = tiny_config("fpmc", medium.num_items)
+
+    fpmc.fit(medium, config, quick(epochs=2, eval_every=1, valid_users=20))
+    fpmc.fit(medium, config, quick(epochs=1, eval_every=1))
+
+    first, second, everyone = seen
+    assert first is not None and second is not None and len(first) == 20
+    np.testing.assert_array_equal(first, second)  # drawn once, not per pass
+    assert everyone is None
+
+
+def test_validation_users_draws_a_sorted_fixed_subset(medium: Interactions) -> None:
+    users = validation_users(medium, 20, seed=3)
+
+    assert users is not None and len(users) == 20 == len(np.unique(users))
+    assert np.all(np.diff(users) > 0)
+    assert set(users) <= set(eval_cases(medium, "valid").users)
+    np.testing.assert_array_equal(users, validation_users(medium, 20, seed=3))
+    assert not np.array_equal(users, validation_users(medium, 20, seed=4))
+    assert validation_users(medium, None, seed=3) is None
+    assert validation_users(medium, 10**9, seed=3) is None  # covers everyone: all users
 
 
 def test_config_round_trips_through_json() -> None:

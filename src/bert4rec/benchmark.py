@@ -11,8 +11,9 @@ ranking and the paper's popularity-sampled protocol, and write the table.
                          per-user test metrics in ``test-full.parquet`` and
                          ``test-popularity.parquet``
 
-Fairness: every trainable model gets the same ``time_budget`` per training run, the same
-thread count and device. Negatives are drawn with seed 0 for every run, so all models rank
+Fairness: every trainable model gets the same ``time_budget`` per training run (seconds of
+training steps; validation passes are not counted, for any model), the same thread count and
+device. Negatives are drawn with seed 0 for every run, so all models rank
 their targets against the same candidates and the per-user results pair up.
 """
 

@@ -274,6 +274,19 @@ def _count(scores: torch.Tensor, target_scores: torch.Tensor) -> tuple[torch.Ten
             (scores == threshold).sum(dim=1, dtype=torch.int32))
 
 
+def validation_users(data: Interactions, count: int | None, seed: int) -> np.ndarray | None:
+    """``count`` users with a validation case, drawn once with ``seed`` and sorted, for
+    validating on a fixed share of a large data set; None (all users) when ``count`` is None
+    or covers them all."""
+    if count is None:
+        return None
+    users = eval_cases(data, "valid").users
+    if count >= len(users):
+        return None
+    pick = np.random.default_rng(seed).choice(len(users), count, replace=False)
+    return np.sort(users[pick])
+
+
 def evaluate(
     model: Recommender,
     data: Interactions,

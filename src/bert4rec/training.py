@@ -58,11 +58,11 @@ from bert4rec.distributed import (
     share,
 )
 from bert4rec.errors import ConfigError, RunError
-from bert4rec.evaluation import evaluate
+from bert4rec.evaluation import evaluate, validation_users
 from bert4rec.masking import cloze_mask, gather_windows, window_bounds
 from bert4rec.model import BERT4Rec, BERT4RecConfig, NegativeSample, gbce_beta
 from bert4rec.runs import atomic_write, write_json
-from bert4rec.split import eval_cases, train_sequences
+from bert4rec.split import train_sequences
 from bert4rec.warmstart import cooccurrence_embeddings, popularity_bias
 
 CHECKPOINT_DIR = "checkpoint"
@@ -300,13 +300,7 @@ class Trainer:
             self.sampler = NegativeSampler.from_counts(counts, alpha)
             if config.loss == "gbce":
                 self.gbce_beta = gbce_beta(config.num_negatives, data.num_items, config.gbce_t)
-        self.valid_users: np.ndarray | None = None
-        if config.valid_users is not None:
-            users = eval_cases(data, "valid").users
-            if config.valid_users < len(users):
-                pick = np.random.default_rng(config.seed).choice(
-                    len(users), config.valid_users, replace=False)
-                self.valid_users = np.sort(users[pick])
+        self.valid_users = validation_users(data, config.valid_users, config.seed)
         if config.popularity_bias_init:
             bias = popularity_bias(self.train_items, data.num_items)
             with torch.no_grad():

@@ -7,7 +7,9 @@ with the run-directory round trip (:class:`BaselineModel`), and the start of eve
 The training loop (:func:`fit_loop`): Adam, mini-batches over a model's own training examples,
 early stopping on validation NDCG@10 under full ranking, a time budget, and the best validation
 weights at the end. Each baseline defines its examples and its loss; the loop knows nothing
-about either.
+about either. As in BERT4Rec's trainer, the time budget counts training steps only, not the
+validation passes between epochs, and ``valid_users`` validates on a fixed random share of the
+users: on a large catalogue a full-ranking pass over every user can cost several epochs.
 """
 
 from __future__ import annotations
@@ -25,7 +27,7 @@ from tqdm import tqdm
 from bert4rec.data import Interactions
 from bert4rec.device import resolve_device
 from bert4rec.errors import ConfigError
-from bert4rec.evaluation import evaluate
+from bert4rec.evaluation import evaluate, validation_users
 
 
 @dataclass(frozen=True)
@@ -93,7 +95,8 @@ class FitConfig:
     weight_decay: float = 0.0
     eval_every: int = 1
     patience: int = 10  # evaluations without improvement; 0 disables early stopping
-    time_budget: float | None = None  # seconds of training
+    time_budget: float | None = None  # seconds of training steps (validation not counted)
+    valid_users: int | None = None  # validate on this many users drawn once; None: all
     seed: int = 0
     threads: int | None = None
     device: str = "auto"
@@ -154,12 +157,14 @@ def fit_loop(
     result = FitResult()
     best = {k: v.detach().clone() for k, v in model.state_dict().items()}
     bad = 0
-    started = time.perf_counter()
+    valid_users = validation_users(data, config.valid_users, config.seed)
+    trained = 0.0  # seconds spent in training steps, what the time budget counts
     for epoch in range(1, config.epochs + 1):
         model.train()
         order = torch.randperm(num_examples, generator=generator).numpy()
         losses = []
         batches = range(0, num_examples, config.batch_size)
+        started = time.perf_counter()
         for start in tqdm(batches, desc=f"epoch {epoch}", leave=False, delay=1.0,
                           disable=None if progress else True):
             loss = loss_fn(order[start : start + config.batch_size], generator)
@@ -167,15 +172,16 @@ def fit_loop(
             loss.backward()
             optimizer.step()
             losses.append(float(loss.detach()))
-            if config.time_budget and time.perf_counter() - started > config.time_budget:
+            if config.time_budget and trained + time.perf_counter() - started > config.time_budget:
                 result.stopped = "time budget"
                 break
+        trained += time.perf_counter() - started
         result.epochs = epoch
         record: dict[str, Any] = {"epoch": epoch, "loss": float(np.mean(losses))}
         if epoch % config.eval_every == 0 or epoch == config.epochs or result.stopped:
             model.eval()
             metrics = evaluate(model, data, split="valid", protocol="full",  # type: ignore[arg-type]
-                               progress=False).metrics
+                               progress=False, users=valid_users).metrics
             record["valid_NDCG@10"] = metrics["NDCG@10"]
             if metrics["NDCG@10"] > result.best_metric:
                 result.best_metric, result.best_epoch = metrics["NDCG@10"], epoch
@@ -193,7 +199,7 @@ def fit_loop(
         if result.stopped:
             break
     result.stopped = result.stopped or "epochs done"
-    result.seconds = time.perf_counter() - started
+    result.seconds = trained
     model.load_state_dict(best)
     model.eval()
     return result
