@@ -175,6 +175,9 @@ def test_parse_models_and_settings() -> None:
         (["--models", "pop", "--set", "pop.anything=1"], "pop has no settings"),
         (["--models", "pop", "--negatives", "100"], "error: --negatives 100: a user has only"),
         (["--models", "pop", "--seeds", "1", "1"], "--seeds: give at least one seed, each once"),
+        (["--models", "pop", "--valid-users", "0"], "--valid-users must be at least 1"),
+        (["--models", "pop,fpmc", "--set", "fpmc.valid_users=9"],
+         "valid_users is the same for every model; use --valid-users"),
     ],
 )
 def test_bad_input_exits_2_before_training(
@@ -188,6 +191,35 @@ def test_bad_input_exits_2_before_training(
     assert code == 2
     assert message in capsys.readouterr().err
     assert not out.exists()
+
+
+def test_valid_users_reaches_every_trained_model(
+    tmp_path: Path, log_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from bert4rec.baselines import common
+
+    drawn: list[int] = []
+    draw = common.validation_users
+
+    def recording(data: Any, count: int | None, seed: int) -> Any:
+        users = draw(data, count, seed)
+        drawn.append(len(users) if users is not None else -1)
+        return users
+
+    monkeypatch.setattr(common, "validation_users", recording)
+    out = tmp_path / "bench"
+
+    code = run_cli(log_path, out, "--models", "pop,fpmc,bert4rec", "--seeds", "0",
+                   "--valid-users", "30", *TINY_BERT4REC)
+
+    assert code == 0
+    report = json.loads((out / "quality.json").read_text())
+    assert report["settings"]["valid_users"] == 30
+    assert "--valid-users 30" in report["command"]
+    assert "validation on 30 users drawn once" in (out / "quality.md").read_text()
+    assert drawn == [30]  # FPMC validated on the sample
+    bert = json.loads((out / "runs" / "bert4rec-seed0" / "run.json").read_text())
+    assert bert["provenance"]["train"]["valid_users"] == 30
 
 
 def test_resume_reuses_finished_runs_and_retrains_changed_ones(

@@ -67,7 +67,7 @@ NEGATIVE_SEED = 0
 CONFIDENCE = 0.95
 # Settings the benchmark itself gives every model alike; a per-model --set may not change them.
 SHARED = {"seed": "--seeds", "time_budget": "--time-budget", "threads": "--threads",
-          "device": "--device"}
+          "device": "--device", "valid_users": "--valid-users"}
 
 
 def _stderr(message: str) -> None:
@@ -356,6 +356,7 @@ def quality(
     jobs: int = 1,
     resume: bool = False,
     tuning: Mapping[str, Mapping[str, Any]] | None = None,
+    valid_users: int | None = None,
 ) -> dict[str, Any]:
     """Train every model in ``models`` once per seed on ``data``, evaluate each on the test split
     under full ranking and popularity-sampled ``negatives``, and write ``quality.json``,
@@ -371,6 +372,9 @@ def quality(
     budget buys each run less than it would alone. ``resume`` reuses the runs already finished
     in ``output`` with the same settings, data and negatives (the rest are trained), so an
     interrupted benchmark goes on where it stopped.
+
+    ``valid_users`` validates every trainable model on that many users, drawn once (the same
+    draw for every model of a seed), rather than all of them.
 
     ``tuning`` maps a model to the search its settings came from (:func:`tuning_summary` of a
     ``bert4rec tune`` result); the table shows each model's tuning budget beside its numbers.
@@ -396,12 +400,15 @@ def quality(
         raise ConfigError("--threads must be at least 1")
     if jobs < 1:
         raise ConfigError("--jobs must be at least 1")
+    if valid_users is not None and valid_users < 1:
+        raise ConfigError("--valid-users must be at least 1")
     if jobs > 1 and threads is None:
         threads = max(1, (os.cpu_count() or 1) // jobs)
     if output.exists() and not output.is_dir():
         raise ConfigError(f"{output} exists and is not a directory")
     shared = {key: value for key, value in (("time_budget", time_budget), ("epochs", epochs),
-                                            ("threads", threads), ("device", device))
+                                            ("threads", threads), ("device", device),
+                                            ("valid_users", valid_users))
               if value is not None}
     _check_settings(models, per_model, preset, data.num_items, {"seed": seeds[0], **shared})
     # The negatives are the same for every run; drawing them once here checks that the
@@ -491,7 +498,8 @@ def quality(
             "models": models, "seeds": seeds, "reference_seed": seeds[0],
             "preset": preset if "bert4rec" in models else None, "overrides": per_model,
             "time_budget": time_budget, "epochs": epochs, "threads": threads,
-            "device": device, "jobs": jobs, "split": "test", "protocols": list(PROTOCOL_NAMES),
+            "device": device, "valid_users": valid_users, "jobs": jobs, "split": "test",
+            "protocols": list(PROTOCOL_NAMES),
             "negatives": negatives, "negative_seed": NEGATIVE_SEED, "tie_rule": "expected",
             "confidence": CONFIDENCE,
         },
@@ -621,10 +629,12 @@ def render_markdown(report: dict[str, Any]) -> str:
         f"- Seeds: {' '.join(map(str, seeds))}; each cell is the mean"
         + (" ± standard deviation over seeds" if len(seeds) > 1 else " of one seed"),
         "- Training: "
-        + (f"time budget {budget:g}s per run, the same for every model" if budget is not None
-           else "no time budget")
+        + (f"time budget {budget:g}s of training steps per run (validation not counted), the "
+           "same for every model" if budget is not None else "no time budget")
         + f"; epochs: {settings['epochs'] or 'each model’s default'}; "
         f"device: {settings['device'] or 'auto'}"
+        + (f"; validation on {settings['valid_users']:,} users drawn once, for every model"
+           if settings.get("valid_users") else "")
         + (f"; BERT4Rec preset `{settings['preset']}`" if settings["preset"] else "")
         + (f"; {settings['jobs']} runs trained at a time, sharing the machine"
            if settings.get("jobs", 1) > 1 else ""),

@@ -250,6 +250,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", choices=("auto", "cpu", "cuda"), default=None)
     p.add_argument("--negatives", type=int, default=100,
                    help="popularity-sampled negatives per user (default: 100, the paper's)")
+    p.add_argument("--valid-users", type=int, default=None, metavar="N",
+                   help="validate every model on N users drawn once (default: all); on a "
+                   "large data set a validation pass over every user can cost several epochs")
     p.add_argument("--output", required=True, type=Path,
                    help="folder for quality.json, quality.md, quality.png and runs/MODEL-seedS "
                    "(each rewritten)")
@@ -765,7 +768,7 @@ def cmd_benchmark_quality(args: argparse.Namespace) -> int:
             threads=args.threads, device=args.device, negatives=args.negatives,
             options=options, titles=find_titles(data.source, data.vocab),
             command=_benchmark_command(args, models), progress=not args.quiet, log=_say,
-            jobs=args.jobs, resume=args.resume, tuning=tuning)
+            jobs=args.jobs, resume=args.resume, tuning=tuning, valid_users=args.valid_users)
     return 0
 
 
@@ -845,8 +848,9 @@ def _benchmark_command(args: argparse.Namespace, models: list[str]) -> str:
         words += ["--set", text]
     words += ["--seeds", *map(str, args.seeds), "--negatives", str(args.negatives),
               "--jobs", str(args.jobs)]
-    for name in ("time_budget", "epochs", "threads", "device", "format", "min_user_count",
-                 "min_item_count", "min_rating", "user_col", "item_col", "time_col"):
+    for name in ("time_budget", "epochs", "threads", "device", "valid_users", "format",
+                 "min_user_count", "min_item_count", "min_rating", "user_col", "item_col",
+                 "time_col"):
         if getattr(args, name) is not None:
             words += [f"--{name.replace('_', '-')}", str(getattr(args, name))]
     words += ["--output", str(args.output)]
