@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import json
 import math
-from types import ModuleType
+from types import ModuleType, SimpleNamespace
 from typing import Any
 
 import numpy as np
@@ -303,7 +303,7 @@ def test_time_budget_counts_training_not_validation(
     medium: Interactions, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     clock = _Clock()
-    monkeypatch.setattr(common.time, "perf_counter", clock)
+    monkeypatch.setattr(common, "time", SimpleNamespace(perf_counter=clock))
 
     def slow_validation(*args: Any, **kwargs: Any) -> Any:
         clock.now += 1000.0  # a validation pass far longer than the budget
@@ -321,7 +321,7 @@ def test_time_budget_counts_training_not_validation(
 
 def test_time_budget_stops_training(medium: Interactions, monkeypatch: pytest.MonkeyPatch) -> None:
     clock = _Clock()
-    monkeypatch.setattr(common.time, "perf_counter", clock)
+    monkeypatch.setattr(common, "time", SimpleNamespace(perf_counter=clock))
     config = tiny_config("bpr", medium.num_items)
 
     _, result = bpr.fit(medium, config, quick(epochs=50, batch_size=8, time_budget=0.05))
@@ -335,12 +335,18 @@ def test_validation_on_a_fixed_sample_of_users(
     medium: Interactions, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     seen: list[np.ndarray | None] = []
+    draws: list[int | None] = []
 
     def recording(*args: Any, **kwargs: Any) -> Any:
         seen.append(kwargs.get("users"))
         return evaluate(*args, **kwargs)
 
+    def drawing(data: Interactions, count: int | None, seed: int) -> np.ndarray | None:
+        draws.append(count)
+        return validation_users(data, count, seed)
+
     monkeypatch.setattr(common, "evaluate", recording)
+    monkeypatch.setattr(common, "validation_users", drawing)
     config = tiny_config("fpmc", medium.num_items)
 
     fpmc.fit(medium, config, quick(epochs=2, eval_every=1, valid_users=20))
@@ -348,8 +354,15 @@ def test_validation_on_a_fixed_sample_of_users(
 
     first, second, everyone = seen
     assert first is not None and second is not None and len(first) == 20
-    np.testing.assert_array_equal(first, second)  # drawn once, not per pass
+    np.testing.assert_array_equal(first, second)
+    assert draws == [20, None]  # one draw a fit, not one a pass
     assert everyone is None
+
+
+@pytest.mark.parametrize("count", [0, -1, 10.0, True])
+def test_a_bad_valid_users_is_refused_before_training(count: Any) -> None:
+    with pytest.raises(ConfigError, match="valid_users must be a whole number >= 1"):
+        FitConfig(valid_users=count)
 
 
 def test_validation_users_draws_a_sorted_fixed_subset(medium: Interactions) -> None:

@@ -292,3 +292,15 @@ def test_jobs_train_runs_in_parallel_processes_with_the_same_table(
                     serial["results"][model][protocol][metric]["values"])
     markdown = (tmp_path / "parallel" / "quality.md").read_text(encoding="utf-8")
     assert "2 runs trained at a time" in markdown
+
+
+def test_resume_keys_of_budgeted_baselines_say_what_the_budget_counts(log_path: Path) -> None:
+    data = load_interactions(log_path)
+    machine = benchmark.machine_info()
+
+    def key(model: str, settings: dict[str, Any]) -> dict[str, Any]:
+        return benchmark._run_key(model, settings, "demo", 20, data, 1, machine)
+
+    assert key("fpmc", {"seed": 0, "time_budget": 60.0})["budget_counts"] == "training steps"
+    assert "budget_counts" not in key("fpmc", {"seed": 0, "epochs": 2})
+    assert "budget_counts" not in key("bert4rec", {"seed": 0, "time_budget": 60.0})

@@ -247,7 +247,7 @@ def our_bert4rec(args: argparse.Namespace, data: Interactions) -> dict[str, Any]
 
 def our_sasrec(args: argparse.Namespace, data: Interactions) -> dict[str, Any]:
     """Our SASRec with the full-softmax loss at RecTools' SASRec settings, trained for the
-    budget (which, in the baselines' loop, counts the validation after every epoch too) at a
+    budget (seconds of training steps; the validation after every epoch is not counted) at a
     constant learning rate, no early stopping, keeping the best validation weights."""
     config = sasrec.SASRecConfig(num_items=data.num_items, loss="ce", max_len=OURS["max_len"],
                                  hidden_size=OURS["hidden_size"], num_layers=OURS["num_layers"],

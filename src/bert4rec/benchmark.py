@@ -66,6 +66,8 @@ COMPARED_METRIC = "NDCG@10"
 NEGATIVE_SEED = 0
 CONFIDENCE = 0.95
 # Settings the benchmark itself gives every model alike; a per-model --set may not change them.
+# What a time budget counts, in the resume keys of baseline runs and tuning trials.
+BUDGET_COUNTS = "training steps"
 SHARED = {"seed": "--seeds", "time_budget": "--time-budget", "threads": "--threads",
           "device": "--device", "valid_users": "--valid-users"}
 
@@ -286,6 +288,9 @@ def _run_key(model: str, settings: dict[str, Any], preset: str, negatives: int,
     key = {"model": model, "settings": settings, "preset": shipped, "negatives": negatives,
            "negative_seed": NEGATIVE_SEED, "data": data.describe().get("fingerprint"),
            "jobs": jobs, "cpu": machine["cpu"], "gpu": machine["gpu"]}
+    if model not in ("bert4rec", "pop") and settings.get("time_budget") is not None:
+        # A baseline's budget once counted its validation passes too; such runs are others.
+        key["budget_counts"] = BUDGET_COUNTS
     return json.loads(json.dumps(key, default=str))
 
 
@@ -401,7 +406,7 @@ def quality(
     if jobs < 1:
         raise ConfigError("--jobs must be at least 1")
     if valid_users is not None and valid_users < 1:
-        raise ConfigError("--valid-users must be at least 1")
+        raise ConfigError("--valid-users must be at least 1")  # the flag's name, not the key's
     if jobs > 1 and threads is None:
         threads = max(1, (os.cpu_count() or 1) // jobs)
     if output.exists() and not output.is_dir():
@@ -633,8 +638,9 @@ def render_markdown(report: dict[str, Any]) -> str:
            "same for every model" if budget is not None else "no time budget")
         + f"; epochs: {settings['epochs'] or 'each model’s default'}; "
         f"device: {settings['device'] or 'auto'}"
-        + (f"; validation on {settings['valid_users']:,} users drawn once, for every model"
-           if settings.get("valid_users") else "")
+        + (f"; validation on {settings['valid_users']:,} users drawn once, for every trained "
+           "model" if settings.get("valid_users") and settings["valid_users"] < data["users"]
+           else "")
         + (f"; BERT4Rec preset `{settings['preset']}`" if settings["preset"] else "")
         + (f"; {settings['jobs']} runs trained at a time, sharing the machine"
            if settings.get("jobs", 1) > 1 else ""),

@@ -88,7 +88,8 @@ def build_parser() -> argparse.ArgumentParser:
                        "baselines start from their papers' settings")
     group.add_argument("--epochs", type=int, default=None)
     group.add_argument("--time-budget", type=float, default=None, metavar="SECONDS",
-                       help="stop training after this long, keeping the best weights")
+                       help="stop after this many seconds of training steps (validation "
+                       "not counted), keeping the best weights")
     group.add_argument("--device", choices=("auto", "cpu", "cuda"), default=None)
     group.add_argument("--precision", choices=("fp32", "bf16"), default=None,
                        help="bert4rec only")
@@ -243,7 +244,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="training seeds (default: 0 1 2); intervals and paired comparisons use "
                    "the first")
     p.add_argument("--time-budget", type=float, default=None, metavar="SECONDS",
-                   help="per training run, the same for every model")
+                   help="seconds of training steps per run (validation not counted), the "
+                   "same for every model")
     p.add_argument("--epochs", type=int, default=None, help="per training run (default: each "
                    "model's own)")
     p.add_argument("--threads", type=int, default=None, help="torch threads")

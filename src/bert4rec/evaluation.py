@@ -274,10 +274,19 @@ def _count(scores: torch.Tensor, target_scores: torch.Tensor) -> tuple[torch.Ten
             (scores == threshold).sum(dim=1, dtype=torch.int32))
 
 
+def check_valid_users(count: object) -> None:
+    """Refuse a ``valid_users`` setting that is not a whole number >= 1 (None means all)."""
+    if count is not None and (isinstance(count, bool) or not isinstance(count, int)
+                              or count < 1):
+        raise ConfigError(f"valid_users must be a whole number >= 1 (or left out for all "
+                          f"users), not {count!r}")
+
+
 def validation_users(data: Interactions, count: int | None, seed: int) -> np.ndarray | None:
     """``count`` users with a validation case, drawn once with ``seed`` and sorted, for
     validating on a fixed share of a large data set; None (all users) when ``count`` is None
     or covers them all."""
+    check_valid_users(count)
     if count is None:
         return None
     users = eval_cases(data, "valid").users

@@ -58,7 +58,7 @@ from bert4rec.distributed import (
     share,
 )
 from bert4rec.errors import ConfigError, RunError
-from bert4rec.evaluation import evaluate, validation_users
+from bert4rec.evaluation import check_valid_users, evaluate, validation_users
 from bert4rec.masking import cloze_mask, gather_windows, window_bounds
 from bert4rec.model import BERT4Rec, BERT4RecConfig, NegativeSample, gbce_beta
 from bert4rec.runs import atomic_write, write_json
@@ -123,8 +123,7 @@ class TrainConfig:
         if self.ema_decay is not None and not 0.0 < self.ema_decay < 1.0:
             raise ConfigError(f"ema_decay must be in (0, 1), or none for no averaging, "
                               f"not {self.ema_decay!r}")
-        if self.valid_users is not None and self.valid_users < 1:
-            raise ConfigError("valid_users must be >= 1 (or left out for all users)")
+        check_valid_users(self.valid_users)
         if self.precision not in ("fp32", "bf16"):
             raise ConfigError(f"precision must be fp32 or bf16, not {self.precision!r}")
         if self.device not in ("auto", "cpu", "cuda"):

@@ -103,13 +103,15 @@ def _train_and_validate(model: str, data: Interactions, preset: str, settings: d
 def _key(model: str, preset: str, data: Interactions, space: dict[str, Any], trials: int,
          seed: int, shared: dict[str, Any]) -> dict[str, Any]:
     """What makes two searches the same search (as JSON gives it back)."""
-    from bert4rec.benchmark import machine_info, preset_content
+    from bert4rec.benchmark import BUDGET_COUNTS, machine_info, preset_content
 
     shipped = preset_content(preset) if model == "bert4rec" else None
     machine = machine_info()
     key = {"model": model, "preset": shipped, "data": data.describe().get("fingerprint"),
            "space": space, "trials": trials, "seed": seed, "shared": shared,
            "cpu": machine["cpu"], "gpu": machine["gpu"]}
+    if model != "bert4rec" and shared.get("time_budget") is not None:
+        key["budget_counts"] = BUDGET_COUNTS  # see bert4rec.benchmark._run_key
     return json.loads(json.dumps(key, default=str))
 
 

@@ -27,7 +27,7 @@ from tqdm import tqdm
 from bert4rec.data import Interactions
 from bert4rec.device import resolve_device
 from bert4rec.errors import ConfigError
-from bert4rec.evaluation import evaluate, validation_users
+from bert4rec.evaluation import check_valid_users, evaluate, validation_users
 
 
 @dataclass(frozen=True)
@@ -100,6 +100,9 @@ class FitConfig:
     seed: int = 0
     threads: int | None = None
     device: str = "auto"
+
+    def __post_init__(self) -> None:
+        check_valid_users(self.valid_users)
 
 
 @dataclass
