@@ -287,6 +287,18 @@ def test_ncf_chunked_full_ranking_matches_one_chunk(
     torch.testing.assert_close(chunked, whole)
 
 
+def test_ncf_full_ranking_scores_every_item_as_training_does(medium: Interactions) -> None:
+    model = trained("ncf", medium)
+    histories = histories_for(medium)
+    tokens = left_pad(histories, model.settings.max_history)
+    items = torch.arange(1, model.num_items + 1).unsqueeze(0)
+
+    with torch.no_grad():
+        pairwise = model.pair_logits(model.user(tokens), items)
+
+    torch.testing.assert_close(model.score(histories)[:, 1:], pairwise)
+
+
 class _Clock:
     """A stand-in for ``time.perf_counter``: a millisecond per reading, and whatever a patched
     validation pass adds."""
