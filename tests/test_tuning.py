@@ -104,6 +104,28 @@ def test_a_search_records_its_trials_and_resumes(tmp_path: Path, log_path: Path,
     assert again["best"] == saved["best"]
 
 
+def test_valid_users_reaches_every_trial_from_the_command_line(
+        tmp_path: Path, log_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    seen: list[dict[str, Any]] = []
+
+    def record(model: str, data: Any, preset: str, settings: dict[str, Any], *args: Any
+               ) -> dict[str, Any]:
+        seen.append(settings)
+        return {"valid_full": {"NDCG@10": 0.1}, "train_seconds": 1.0, "epochs": 1,
+                "best_epoch": 1, "stopped": "epochs"}
+
+    monkeypatch.setattr(tuning, "_train_and_validate", record)
+    out = tmp_path / "tune.json"
+    assert main(["tune", "--model", "fpmc", "--data", str(log_path), "--output", str(out),
+                 "--trials", "2", "--epochs", "1", "--valid-users", "7", "--quiet"]) == 0
+    assert [settings["valid_users"] for settings in seen] == [7, 7]
+    assert json.loads(out.read_text())["key"]["shared"]["valid_users"] == 7
+
+    data = load_interactions(log_path)
+    with pytest.raises(ConfigError, match="--valid-users must be at least 1"):
+        tune("fpmc", data, tmp_path / "bad.json", trials=1, epochs=1, valid_users=0)
+
+
 def test_unfinished_or_foreign_files_are_not_searches(tmp_path: Path) -> None:
     path = tmp_path / "x.json"
     path.write_text("[1, 2]")

@@ -290,6 +290,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0, help="seeds the draws and every trial")
     p.add_argument("--threads", type=int, default=None)
     p.add_argument("--device", choices=("auto", "cpu", "cuda"), default=None)
+    p.add_argument("--valid-users", type=int, default=None, metavar="N",
+                   help="validate every trial on N users drawn once (default: all); on a large "
+                   "data set a validation pass over every user can cost several epochs")
     p.add_argument("--quiet", action="store_true")
     _add_data_options(p, defaults=False)
     p.set_defaults(func=cmd_tune)
@@ -783,7 +786,8 @@ def cmd_tune(args: argparse.Namespace) -> int:
     report = tune(args.model, data, args.output, trials=args.trials,
                   time_budget=args.time_budget, epochs=args.epochs, preset=args.preset,
                   seed=args.seed, threads=args.threads, device=args.device,
-                  space_file=args.space, progress=not args.quiet, log=log)
+                  valid_users=args.valid_users, space_file=args.space,
+                  progress=not args.quiet, log=log)
     best = report["best"]
     _say(f"best of {len(report['trials'])} trials: trial {best['trial'] + 1}, valid NDCG@10 "
          f"{best['valid_NDCG@10']:.4f}; use it with bert4rec benchmark quality --tuned "

@@ -126,13 +126,15 @@ def tune(
     seed: int = 0,
     threads: int | None = None,
     device: str | None = None,
+    valid_users: int | None = None,
     space_file: str | Path | None = None,
     progress: bool = False,
     log: Callable[[str], None] | None = None,
 ) -> dict[str, Any]:
     """Run (or resume) the search and write its result to ``output`` after every trial; the
     result. ``time_budget`` (seconds) and ``epochs`` cap every trial alike; ``seed`` seeds both
-    the draws and every trial's training."""
+    the draws and every trial's training. ``valid_users`` validates every trial on that many
+    users, drawn once from ``seed`` (the same users for every trial; None: all)."""
     from bert4rec.benchmark import MODELS, check_model_settings, commit_info, machine_info
 
     if model not in MODELS or model == "pop":
@@ -142,13 +144,16 @@ def tune(
         raise ConfigError(f"--trials must be at least 1, got {trials}")
     if time_budget is None and epochs is None:
         raise ConfigError("give every trial a budget: --time-budget SECONDS or --epochs N")
+    if valid_users is not None and valid_users < 1:
+        raise ConfigError("--valid-users must be at least 1")  # the flag's name, not the key's
     output = Path(output)
     if output.exists() and not output.is_file():
         raise ConfigError(f"{output} exists and is not a file")
     space = search_space(model, space_file)
     shared: dict[str, Any] = {"seed": seed}
     for name, value in (("time_budget", time_budget), ("epochs", epochs),
-                        ("threads", threads), ("device", device)):
+                        ("threads", threads), ("device", device),
+                        ("valid_users", valid_users)):
         if value is not None:
             shared[name] = value
     drawn = draw_trials(space, trials, seed)
