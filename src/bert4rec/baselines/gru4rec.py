@@ -26,7 +26,6 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
 from bert4rec.baselines.common import (
     FitConfig,
@@ -92,7 +91,7 @@ def bpr_max_loss(
     log_weights = negatives.masked_fill(~valid, -torch.inf).log_softmax(dim=1)  # log s_j
     # The sum in log space: it underflows when the target scores far below its negatives.
     ranking = -torch.logsumexp(log_weights + F.logsigmoid(positive[:, None] - negatives), dim=1)
-    regularisation = (log_weights.exp() * negatives.square()).sum(dim=1)
+    regularisation = (log_weights.exp() * negatives * negatives).sum(dim=1)
     return (ranking + bpreg * regularisation).mean()
 
 
@@ -130,16 +129,14 @@ class GRU4Rec(NextItemModel):
         lengths = (tokens != 0).sum(dim=1)  # (B,)
         pad = (t - lengths)[:, None]  # (B, 1)
         steps = torch.arange(t, device=tokens.device)[None]  # (1, T)
-        # Shift every row left so that it starts at slot 0, as packing needs.
+        # Shift every row left so that it starts at slot 0: the padding then comes after a
+        # row's items and cannot reach their states. (Cheaper than a packed sequence, whose
+        # backward pass on CPU refills a whole-batch gradient at every step.)
         aligned = tokens.gather(1, (steps + pad) % t)  # (B, T), items first, then padding
         x = self.embedding_dropout(self.item_embedding(aligned))  # (B, T, E)
-        # An empty history still takes one (padding) step: packing refuses length 0.
-        packed = pack_padded_sequence(x, lengths.clamp(min=1).cpu(), batch_first=True,
-                                      enforce_sorted=False)
-        out, _ = self.gru(packed)
-        out, _ = pad_packed_sequence(out, batch_first=True, total_length=t)  # (B, T, H)
-        # Shift back right: slot (s - pad) mod T holds step s; padding slots read the zeros
-        # that pad_packed_sequence put after each row's end.
+        out, _ = self.gru(x)  # (B, T, H)
+        out = out * (steps < lengths[:, None]).unsqueeze(2)  # zero after each row's end
+        # Shift back right: slot (s - pad) mod T holds step s; padding slots read zeros.
         back = ((steps - pad) % t)[..., None].expand(b, t, out.shape[2])  # (B, T, H)
         return self.dropout(out.gather(1, back))
 
@@ -159,23 +156,23 @@ class GRU4Rec(NextItemModel):
             # The logits of self.logits less padding's, never all in memory at once.
             return linear_cross_entropy(hidden[where], self.output_embedding.weight[1:],
                                         self.output_bias[1:], targets[where] - 1)
-        b = len(targets)
+        rows, steps = where.nonzero(as_tuple=True)  # (N,): the steps with a next item
         target_vectors = self.output_embedding(targets)  # (B, T, H)
         target_bias = self.output_bias[targets]  # (B, T)
-        positive = (hidden * target_vectors).sum(dim=2) + target_bias  # (B, T)
         # In-batch negatives, GRU4Rec's mini-batch of parallel sessions: at step t, row b is
         # scored against the target of every other row c at the same step.
-        in_batch = torch.einsum("bth,cth->btc", hidden, target_vectors)  # (B, T, B)
-        in_batch = in_batch + target_bias.T[None]  # column c gets row c's bias at step t
-        other = ~torch.eye(b, dtype=torch.bool, device=targets.device)[:, None, :]  # (B, 1, B)
-        in_batch_valid = other & where.T[None]  # (B, T, B): another row's real target
+        per_step = torch.bmm(hidden.transpose(0, 1), target_vectors.permute(1, 2, 0))  # (T, B, B)
+        in_batch = per_step[steps, rows] + target_bias.T[steps]  # (N, B)
+        hidden = hidden[rows, steps]  # (N, H)
+        positive = (hidden * target_vectors[rows, steps]).sum(dim=1) + target_bias[rows, steps]
+        other = rows[:, None] != torch.arange(len(targets), device=targets.device)  # (N, B)
+        in_batch_valid = other & where.T[steps]  # another row's real target
         negatives, valid = in_batch, in_batch_valid
         if extra is not None and len(extra):
-            sampled = hidden @ self.output_embedding(extra).T + self.output_bias[extra]  # (B, T, K)
-            negatives = torch.cat([in_batch, sampled], dim=2)  # (B, T, B + K)
-            valid = torch.cat([in_batch_valid, torch.ones_like(sampled, dtype=torch.bool)], dim=2)
-        return bpr_max_loss(positive[where].float(), negatives[where].float(), valid[where],
-                            self.settings.bpreg)
+            sampled = hidden @ self.output_embedding(extra).T + self.output_bias[extra]  # (N, K)
+            negatives = torch.cat([in_batch, sampled], dim=1)  # (N, B + K)
+            valid = torch.cat([in_batch_valid, torch.ones_like(sampled, dtype=torch.bool)], dim=1)
+        return bpr_max_loss(positive.float(), negatives.float(), valid, self.settings.bpreg)
 
 
 def fit(
