@@ -30,5 +30,7 @@ printf '%s\n' "${models[@]}" | xargs -P "${JOBS:-2}" -I{} sh -c '
   bert4rec tune --model "$model" --data "$file" --preset "$preset" --trials "$trials" \
     --time-budget "$budget" --threads 1 --quiet --output "$out/$name-$model.json" "$@" \
     >"$out/$name-$model.log" 2>&1
-  echo "$model: $(tail -n 1 "$out/$name-$model.log")"' \
+  status=$?
+  echo "$model: $(tail -n 1 "$out/$name-$model.log")"
+  exit $status' \
   _ {} "$file" "$preset" "$trials" "$budget" "$out" "$name" "${valid[@]}"

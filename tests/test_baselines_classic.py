@@ -297,6 +297,7 @@ def test_ncf_full_ranking_scores_every_item_as_training_does(medium: Interaction
         pairwise = model.pair_logits(model.user(tokens), items)
 
     torch.testing.assert_close(model.score(histories)[:, 1:], pairwise)
+    assert model.score([]).shape == (0, model.num_items + 1)
 
 
 class _Clock:

@@ -267,6 +267,16 @@ def test_gru4rec_plus_uses_in_batch_and_sampled_negatives() -> None:
     torch.testing.assert_close(model.loss(inputs, targets, extra), expected)
 
 
+def test_gru4rec_scores_an_empty_history_alike_in_any_batch() -> None:
+    model = build("gru4rec+")
+    empty = np.zeros(0, dtype=np.int64)
+
+    alone = model.score([empty])
+    beside = model.score([empty, np.array([3, 4, 5])])
+
+    torch.testing.assert_close(beside[:1], alone)
+
+
 def test_gru4rec_config_errors() -> None:
     with pytest.raises(ConfigError, match="unknown GRU4Rec loss 'top1'; choose ce or bpr-max"):
         GRU4RecConfig(num_items=5, loss="top1")

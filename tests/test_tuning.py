@@ -122,8 +122,9 @@ def test_valid_users_reaches_every_trial_from_the_command_line(
     assert json.loads(out.read_text())["key"]["shared"]["valid_users"] == 7
 
     data = load_interactions(log_path)
-    with pytest.raises(ConfigError, match="--valid-users must be at least 1"):
-        tune("fpmc", data, tmp_path / "bad.json", trials=1, epochs=1, valid_users=0)
+    for bad in (0, 2.5):
+        with pytest.raises(ConfigError, match="--valid-users must be a whole number >= 1"):
+            tune("fpmc", data, tmp_path / "bad.json", trials=1, epochs=1, valid_users=bad)
 
 
 def test_unfinished_or_foreign_files_are_not_searches(tmp_path: Path) -> None:

@@ -27,6 +27,7 @@ from typing import Any
 
 from bert4rec.data import Interactions
 from bert4rec.errors import ConfigError
+from bert4rec.evaluation import check_valid_users
 from bert4rec.runs import write_json
 
 METRIC = "NDCG@10"  # validation, full ranking: the metric every model early-stops on
@@ -144,8 +145,12 @@ def tune(
         raise ConfigError(f"--trials must be at least 1, got {trials}")
     if time_budget is None and epochs is None:
         raise ConfigError("give every trial a budget: --time-budget SECONDS or --epochs N")
-    if valid_users is not None and valid_users < 1:
-        raise ConfigError("--valid-users must be at least 1")  # the flag's name, not the key's
+    if valid_users is not None:
+        try:
+            check_valid_users(valid_users)
+        except ConfigError:  # the flag's name, not the key's
+            raise ConfigError(f"--valid-users must be a whole number >= 1, got {valid_users!r}"
+                              ) from None
     output = Path(output)
     if output.exists() and not output.is_file():
         raise ConfigError(f"{output} exists and is not a file")

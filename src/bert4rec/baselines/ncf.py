@@ -135,19 +135,23 @@ class NCF(BaselineModel):
         The same function as :meth:`pair_logits` over every item, arranged for full ranking: the
         output layer is linear, so the GMF branch's share is one matrix product, and only the
         MLP tower runs per (history, item) pair, in chunks small enough to stay in cache."""
+        rows = len(histories)
+        if rows == 0:
+            return torch.empty((0, self.num_items + 1), device=self.device)
         tokens = left_pad(histories, self.settings.max_history).to(self.device)
         gmf_user, mlp_user = self.user(tokens)
         d = self.settings.embedding_size
         weight = self.output.weight[0]  # h over [GMF ; MLP]
         scores = torch.addmm(self.output.bias, gmf_user * weight[:d], self.gmf_item.weight[1:].T)
         item_in = self.mlp_item_in(self.mlp_item.weight[1:])  # (num_items, hidden)
-        rows, hidden = mlp_user.shape
-        chunk = max(1, _SCORE_CHUNK_ELEMENTS // (rows * hidden))
+        widest = max(self.settings.mlp_layers)
+        chunk = max(1, _SCORE_CHUNK_ELEMENTS // (rows * widest))
         for start in range(0, self.num_items, chunk):
-            h = (mlp_user.unsqueeze(1) + item_in[start:start + chunk]).relu_().flatten(0, 1)
+            h = mlp_user.unsqueeze(1) + item_in[start:start + chunk]  # (B, K, hidden)
+            h = h.relu_().flatten(0, 1)  # (B * K, hidden): the tower sees pairs as rows
             for layer in self.tower:
                 h = layer(h).relu_()
-            scores[:, start:start + chunk] += (h @ weight[d:]).view(rows, -1)
+            scores[:, start:start + chunk] += (h @ weight[d:]).view(rows, -1)  # (B, K)
         pad = torch.full((rows, 1), -math.inf, device=self.device)
         return torch.cat([pad, scores], dim=1)
 
