@@ -29,6 +29,8 @@ from bert4rec.runs import check_output, load_model
 from bert4rec.titles import find_titles
 
 MODELS = ("pop", "bert4rec", *TRAINABLE)
+VALID_USERS_HELP = ("validate every {what} on N users drawn once (default: all); on a large "
+                    "data set a validation pass over every user can cost several epochs")
 
 
 def _add_data_options(parser: argparse.ArgumentParser, defaults: bool = True) -> None:
@@ -253,8 +255,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--negatives", type=int, default=100,
                    help="popularity-sampled negatives per user (default: 100, the paper's)")
     p.add_argument("--valid-users", type=int, default=None, metavar="N",
-                   help="validate every model on N users drawn once (default: all); on a "
-                   "large data set a validation pass over every user can cost several epochs")
+                   help=VALID_USERS_HELP.format(what="model"))
     p.add_argument("--output", required=True, type=Path,
                    help="folder for quality.json, quality.md, quality.png and runs/MODEL-seedS "
                    "(each rewritten)")
@@ -291,8 +292,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--threads", type=int, default=None)
     p.add_argument("--device", choices=("auto", "cpu", "cuda"), default=None)
     p.add_argument("--valid-users", type=int, default=None, metavar="N",
-                   help="validate every trial on N users drawn once (default: all); on a large "
-                   "data set a validation pass over every user can cost several epochs")
+                   help=VALID_USERS_HELP.format(what="trial"))
     p.add_argument("--quiet", action="store_true")
     _add_data_options(p, defaults=False)
     p.set_defaults(func=cmd_tune)

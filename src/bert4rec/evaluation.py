@@ -274,11 +274,12 @@ def _count(scores: torch.Tensor, target_scores: torch.Tensor) -> tuple[torch.Ten
             (scores == threshold).sum(dim=1, dtype=torch.int32))
 
 
-def check_valid_users(count: object) -> None:
-    """Refuse a ``valid_users`` setting that is not a whole number >= 1 (None means all)."""
+def check_valid_users(count: object, name: str = "valid_users") -> None:
+    """Refuse a ``valid_users`` setting that is not a whole number >= 1 (None means all);
+    ``name`` is what the message calls it (a command's flag, where one gave it)."""
     if count is not None and (isinstance(count, bool) or not isinstance(count, int)
                               or count < 1):
-        raise ConfigError(f"valid_users must be a whole number >= 1 (or left out for all "
+        raise ConfigError(f"{name} must be a whole number >= 1 (or left out for all "
                           f"users), not {count!r}")
 
 

@@ -27,7 +27,6 @@ from typing import Any
 
 from bert4rec.data import Interactions
 from bert4rec.errors import ConfigError
-from bert4rec.evaluation import check_valid_users
 from bert4rec.runs import write_json
 
 METRIC = "NDCG@10"  # validation, full ranking: the metric every model early-stops on
@@ -137,6 +136,7 @@ def tune(
     the draws and every trial's training. ``valid_users`` validates every trial on that many
     users, drawn once from ``seed`` (the same users for every trial; None: all)."""
     from bert4rec.benchmark import MODELS, check_model_settings, commit_info, machine_info
+    from bert4rec.evaluation import check_valid_users
 
     if model not in MODELS or model == "pop":
         raise ConfigError(f"cannot tune {model!r}; choose from "
@@ -145,12 +145,7 @@ def tune(
         raise ConfigError(f"--trials must be at least 1, got {trials}")
     if time_budget is None and epochs is None:
         raise ConfigError("give every trial a budget: --time-budget SECONDS or --epochs N")
-    if valid_users is not None:
-        try:
-            check_valid_users(valid_users)
-        except ConfigError:  # the flag's name, not the key's
-            raise ConfigError(f"--valid-users must be a whole number >= 1, got {valid_users!r}"
-                              ) from None
+    check_valid_users(valid_users, "--valid-users")
     output = Path(output)
     if output.exists() and not output.is_file():
         raise ConfigError(f"{output} exists and is not a file")
