@@ -105,7 +105,8 @@ def test_a_search_records_its_trials_and_resumes(tmp_path: Path, log_path: Path,
 
 
 def test_valid_users_reaches_every_trial_from_the_command_line(
-        tmp_path: Path, log_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+        tmp_path: Path, log_path: Path, monkeypatch: pytest.MonkeyPatch,
+        capsys: pytest.CaptureFixture[str]) -> None:
     seen: list[dict[str, Any]] = []
 
     def record(model: str, data: Any, preset: str, settings: dict[str, Any], *args: Any
@@ -119,6 +120,10 @@ def test_valid_users_reaches_every_trial_from_the_command_line(
     assert main(["tune", "--model", "fpmc", "--data", str(log_path), "--output", str(out),
                  "--trials", "2", "--epochs", "1", "--valid-users", "7", "--quiet"]) == 0
     assert [settings["valid_users"] for settings in seen] == [7, 7]
+    # Every trial scored alike, so the first (the model's own settings) stays the best.
+    said = capsys.readouterr().err
+    assert "trial 1, valid NDCG@10 0.1000" in said
+    assert "the model's own settings won: nothing to --set" in said
     assert json.loads(out.read_text())["key"]["shared"]["valid_users"] == 7
 
     data = load_interactions(log_path)

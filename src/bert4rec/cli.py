@@ -789,9 +789,12 @@ def cmd_tune(args: argparse.Namespace) -> int:
                   valid_users=args.valid_users, space_file=args.space,
                   progress=not args.quiet, log=log)
     best = report["best"]
+    sets = report["set_arguments"]
+    direct = ("or --set " + " --set ".join(sets) if sets
+              else "the model's own settings won: nothing to --set")
     _say(f"best of {len(report['trials'])} trials: trial {best['trial'] + 1}, valid NDCG@10 "
          f"{best['valid_NDCG@10']:.4f}; use it with bert4rec benchmark quality --tuned "
-         f"{args.output} (or --set {' --set '.join(report['set_arguments']) or '(defaults)'})")
+         f"{args.output} ({direct})")
     return 0
 
 
