@@ -161,6 +161,7 @@ def test_quality_trains_with_the_tuned_settings_and_shows_the_budget(
     report = json.loads((out / "quality.json").read_text())
     assert report["settings"]["overrides"].get("fpmc", {}) == best
     assert report["tuning"]["fpmc"]["trials"] == 2
+    assert f"--tuned {search}" in report["command"]  # the recorded command reruns the table
     markdown = (out / "quality.md").read_text()
     assert "## Tuning (validation split only)" in markdown
     assert "| BPR-MF | not tuned" in markdown

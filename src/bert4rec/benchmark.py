@@ -651,7 +651,7 @@ def render_markdown(report: dict[str, Any]) -> str:
     if older:
         lines.append("- Runs reused from another commit: " + "; ".join(older))
     for model, values in settings["overrides"].items():
-        shown = ", ".join(f"{k}={v!r}" for k, v in values.items())
+        shown = ", ".join(f"{k}={v!r}" for k, v in values.items()) or "its own defaults"
         lines.append(f"- {LABELS[model]} settings: {shown}")
     lines += [
         f"- Ties: expected rank under random tie-breaking; sampled negatives use seed "

@@ -862,6 +862,8 @@ def _benchmark_command(args: argparse.Namespace, models: list[str]) -> str:
                  "time_col"):
         if getattr(args, name) is not None:
             words += [f"--{name.replace('_', '-')}", str(getattr(args, name))]
+    for path in args.tuned:
+        words += ["--tuned", str(path)]
     words += ["--output", str(args.output)]
     return shlex.join(words)
 
