@@ -165,6 +165,8 @@ def test_quality_trains_with_the_tuned_settings_and_shows_the_budget(
     markdown = (out / "quality.md").read_text()
     assert "## Tuning (validation split only)" in markdown
     assert "| BPR-MF | not tuned" in markdown
+    chosen = ", ".join(f"{key}={value!r}" for key, value in best.items())
+    assert f"- FPMC settings: {chosen or 'its own defaults'}" in markdown
     assert "The tuning budgets differ between models" in markdown
 
     # A search of a model not in the table, or a --set of the same key: refused, nothing run.
