@@ -651,8 +651,7 @@ def render_markdown(report: dict[str, Any]) -> str:
     if older:
         lines.append("- Runs reused from another commit: " + "; ".join(older))
     for model, values in settings["overrides"].items():
-        shown = ", ".join(f"{k}={v!r}" for k, v in values.items()) or "its own defaults"
-        lines.append(f"- {LABELS[model]} settings: {shown}")
+        lines.append(f"- {LABELS[model]} settings: {_settings_text(values)}")
     lines += [
         f"- Ties: expected rank under random tie-breaking; sampled negatives use seed "
         f"{settings['negative_seed']} for every run. The {int(settings['confidence'] * 100)} % "
@@ -705,6 +704,11 @@ def tuning_summary(search: Mapping[str, Any], path: str | Path) -> dict[str, Any
             "best_valid_NDCG@10": search["best"].get("valid_NDCG@10")}
 
 
+def _settings_text(values: Mapping[str, Any]) -> str:
+    """A model's settings as the tables show them: ``key=value`` pairs, or its own defaults."""
+    return ", ".join(f"{key}={value!r}" for key, value in values.items()) or "its own defaults"
+
+
 def _tuning_section(report: dict[str, Any]) -> list[str]:
     tuning: dict[str, Any] = report.get("tuning") or {}
     if not tuning:
@@ -725,10 +729,9 @@ def _tuning_section(report: dict[str, Any]) -> list[str]:
                 f"{info['time_budget_per_trial']:g} s" if info["time_budget_per_trial"] else "",
                 f"{info['epochs_per_trial']} epochs" if info["epochs_per_trial"] else "")
             if part)
-        chosen = ", ".join(f"{k}={v!r}" for k, v in info["settings"].items()) or "the defaults"
         lines.append(f"| {LABELS[model]} | {info['trials']} | {per_trial} | "
                      f"{_seconds(info['train_seconds'])} | {_num(info['best_valid_NDCG@10'])} | "
-                     f"{chosen} |")
+                     f"{_settings_text(info['settings'])} |")
     trainable = [m for m in models if m != "pop"]
     budgets = {(tuning[m]["trials"], tuning[m]["time_budget_per_trial"],
                 tuning[m]["epochs_per_trial"]) if m in tuning else None for m in trainable}
