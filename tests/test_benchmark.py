@@ -6,6 +6,9 @@ from __future__ import annotations
 
 import json
 import statistics
+import subprocess
+import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -304,3 +307,38 @@ def test_resume_keys_of_budgeted_baselines_say_what_the_budget_counts(log_path: 
     assert key("fpmc", {"seed": 0, "time_budget": 60.0})["budget_counts"] == "training steps"
     assert "budget_counts" not in key("fpmc", {"seed": 0, "epochs": 2})
     assert "budget_counts" not in key("bert4rec", {"seed": 0, "time_budget": 60.0})
+
+
+def _alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except FileNotFoundError:
+        return False
+    return state != "Z"  # a zombie has ended; only its exit status is left
+
+
+@pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="reads /proc")
+def test_a_worker_ends_soon_after_the_benchmark_is_killed(tmp_path: Path) -> None:
+    # The parent starts a worker that watches it, then is killed (SIGKILL: no clean-up runs).
+    parent = subprocess.Popen(
+        [sys.executable, "-c",
+         "import os, subprocess, sys, time\n"
+         "worker = subprocess.Popen([sys.executable, '-c', 'import sys; "
+         "from bert4rec.benchmark import exit_with_parent; "
+         "print(\"watching\", flush=True); exit_with_parent(int(sys.argv[1]), 0.05)', "
+         "str(os.getpid())], stdout=subprocess.PIPE, text=True)\n"
+         "assert worker.stdout.readline().strip() == 'watching'\n"
+         "print(worker.pid, flush=True)\n"
+         "time.sleep(600)\n"],
+        stdout=subprocess.PIPE, text=True)
+    assert parent.stdout is not None
+    worker = int(parent.stdout.readline())
+    assert _alive(worker)
+
+    parent.kill()
+    parent.wait()
+
+    deadline = time.monotonic() + 30
+    while _alive(worker) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not _alive(worker)

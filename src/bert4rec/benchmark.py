@@ -26,6 +26,7 @@ import platform
 import statistics
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ProcessPoolExecutor, as_completed
@@ -332,9 +333,22 @@ def _stored_result(record: dict[str, Any], protocol: Protocol) -> EvaluationResu
                             metrics=dict(record[protocol]["metrics"]), per_user=per_user)
 
 
-def _start_worker(threads: int | None) -> None:
+def _start_worker(threads: int | None, parent: int) -> None:
     if threads is not None:
         torch.set_num_threads(threads)
+    # A benchmark stopped by kill (not Ctrl-C, which reaches every process) would otherwise leave
+    # its runs training on, unseen, for the rest of their budget.
+    threading.Thread(target=exit_with_parent, args=(parent,), daemon=True).start()
+
+
+def exit_with_parent(parent: int, interval: float = 1.0) -> None:
+    """End this process soon after ``parent`` ends (the process is then adopted by another).
+
+    A run cut short writes no record, so ``--resume`` trains it again.
+    """
+    while os.getppid() == parent:
+        time.sleep(interval)
+    os._exit(1)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -464,7 +478,8 @@ def quality(
         if jobs > 1 and len(pending) > 1:
             context = multiprocessing.get_context("spawn")
             with ProcessPoolExecutor(max_workers=min(jobs, len(pending)), mp_context=context,
-                                     initializer=_start_worker, initargs=(threads,)) as pool:
+                                     initializer=_start_worker,
+                                     initargs=(threads, os.getpid())) as pool:
                 futures = {pool.submit(_run, *arguments[task], False, None): task
                            for task in pending}
                 for future in as_completed(futures):
