@@ -164,7 +164,7 @@ def test_quality_trains_with_the_tuned_settings_and_shows_the_budget(
     assert f"--tuned {search}" in report["command"]  # the recorded command reruns the table
     markdown = (out / "quality.md").read_text()
     assert "## Tuning (validation split only)" in markdown
-    assert "| BPR-MF | not tuned" in markdown
+    assert "| BPR-MF | not searched | | | | its own defaults |" in markdown
     chosen = ", ".join(f"{key}={value!r}" for key, value in best.items())
     assert f"- FPMC settings: {chosen or 'its own defaults'}" in markdown
     assert "The tuning budgets differ between models" in markdown
@@ -180,3 +180,14 @@ def test_quality_trains_with_the_tuned_settings_and_shows_the_budget(
                      "--tuned", str(search), "--set", f"fpmc.{key}=0.5"]) == 2
         assert "keep one" in capsys.readouterr().err
     assert not (tmp_path / "b2").exists() and not (tmp_path / "b3").exists()
+
+
+def test_a_model_without_a_search_shows_what_it_trained_with() -> None:
+    report = {"settings": {"preset": "ml-1m-cpu-hour",
+                           "overrides": {"gru4rec": {"lr": 0.01}, "sasrec": {}}}}
+    assert benchmark._unsearched_settings(report, "bert4rec") == "preset `ml-1m-cpu-hour`"
+    assert benchmark._unsearched_settings(report, "gru4rec") == "lr=0.01"
+    assert benchmark._unsearched_settings(report, "sasrec") == "its own defaults"
+    report["settings"]["overrides"]["bert4rec"] = {"hidden_size": 128}
+    assert (benchmark._unsearched_settings(report, "bert4rec")
+            == "preset `ml-1m-cpu-hour`, hidden_size=128")

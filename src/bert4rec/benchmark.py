@@ -724,6 +724,17 @@ def _settings_text(values: Mapping[str, Any]) -> str:
     return ", ".join(f"{key}={value!r}" for key, value in values.items()) or "its own defaults"
 
 
+def _unsearched_settings(report: dict[str, Any], model: str) -> str:
+    """What a model without a search trained with: its --set values or its own defaults, and for
+    BERT4Rec its preset (which may itself have been chosen on validation, outside this table)."""
+    settings = report["settings"]
+    own = _settings_text(settings["overrides"].get(model, {}))
+    if model != "bert4rec":
+        return own
+    preset = f"preset `{settings['preset']}`"
+    return preset if not settings["overrides"].get(model) else f"{preset}, {own}"
+
+
 def _tuning_section(report: dict[str, Any]) -> list[str]:
     tuning: dict[str, Any] = report.get("tuning") or {}
     if not tuning:
@@ -737,7 +748,8 @@ def _tuning_section(report: dict[str, Any]) -> list[str]:
             continue
         info = tuning.get(model)
         if info is None:
-            lines.append(f"| {LABELS[model]} | not tuned: its own defaults | | | | |")
+            lines.append(f"| {LABELS[model]} | not searched | | | | "
+                         f"{_unsearched_settings(report, model)} |")
             continue
         per_trial = " / ".join(
             part for part in (
