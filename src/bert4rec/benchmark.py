@@ -728,11 +728,11 @@ def _unsearched_settings(report: dict[str, Any], model: str) -> str:
     """What a model without a search trained with: its --set values or its own defaults, and for
     BERT4Rec its preset (which may itself have been chosen on validation, outside this table)."""
     settings = report["settings"]
-    own = _settings_text(settings["overrides"].get(model, {}))
+    overrides = settings["overrides"].get(model) or {}
     if model != "bert4rec":
-        return own
+        return _settings_text(overrides)
     preset = f"preset `{settings['preset']}`"
-    return preset if not settings["overrides"].get(model) else f"{preset}, {own}"
+    return f"{preset}, {_settings_text(overrides)}" if overrides else preset
 
 
 def _tuning_section(report: dict[str, Any]) -> list[str]:
