@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import signal
 import statistics
 import subprocess
 import sys
@@ -30,6 +31,34 @@ from bert4rec.runs import write_json
 
 ROOT = Path(__file__).resolve().parent.parent
 
+# The CLI processes running now, so that ending this script (SIGTERM, SIGHUP) ends them too
+# rather than leaving them to train on unseen.
+_children: set[subprocess.Popen[str]] = set()
+_children_lock = threading.Lock()
+
+
+def run_child(command: list[str], **kwargs: Any) -> subprocess.CompletedProcess[str]:
+    """`subprocess.run(command, check=True, text=True)`, the child ended if this script is."""
+    with subprocess.Popen(command, text=True, **kwargs) as process:
+        with _children_lock:
+            _children.add(process)
+        try:
+            stdout, stderr = process.communicate()
+        finally:
+            with _children_lock:
+                _children.discard(process)
+    if process.returncode:
+        raise subprocess.CalledProcessError(process.returncode, command, stdout, stderr)
+    return subprocess.CompletedProcess(command, process.returncode, stdout, stderr)
+
+
+def end_children(signum: int, frame: object) -> None:
+    """Signal handler: end every running child, then this script (finished seeds stay saved)."""
+    with _children_lock:
+        for process in _children:
+            process.terminate()
+    sys.exit(128 + signum)
+
 
 def one_seed(args: argparse.Namespace, seed: int) -> dict[str, Any]:
     run_dir = Path(args.runs) / f"{args.name}-seed{seed}"
@@ -46,7 +75,7 @@ def one_seed(args: argparse.Namespace, seed: int) -> dict[str, Any]:
     log_path.parent.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()
     with open(log_path, "w") as log:
-        subprocess.run(train, stdout=log, stderr=subprocess.STDOUT, check=True)
+        run_child(train, stdout=log, stderr=subprocess.STDOUT)
     wall = time.perf_counter() - started
     run_info = json.loads((run_dir / "run.json").read_text())
     out: dict[str, Any] = {"seed": seed, "wall_seconds": round(wall, 1),
@@ -54,10 +83,10 @@ def one_seed(args: argparse.Namespace, seed: int) -> dict[str, Any]:
                            "config": run_info["config"], "log": str(log_path)}
     for protocol in ("full", "popularity"):
         per_user = run_dir / f"test-{protocol}.parquet"
-        result = subprocess.run(
+        result = run_child(
             [*cli, "evaluate", "--run", str(run_dir), "--data", args.data, "--protocol", protocol,
              "--json", "--per-user", str(per_user)],
-            capture_output=True, text=True, check=True,
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE,
         )
         record = json.loads(result.stdout)
         frame = pd.read_parquet(per_user)
@@ -118,6 +147,8 @@ def main() -> None:
             report["summary"] = summarise(report["seeds"])
             write_json(out, report)
 
+    for signum in (signal.SIGTERM, signal.SIGHUP):
+        signal.signal(signum, end_children)
     with ThreadPoolExecutor(max_workers=args.parallel) as pool:
         list(pool.map(run, args.seeds))
     seeds = report["seeds"]
