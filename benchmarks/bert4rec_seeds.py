@@ -32,22 +32,28 @@ from bert4rec.runs import write_json
 ROOT = Path(__file__).resolve().parent.parent
 
 # The CLI processes running now, so that ending this script (SIGTERM, SIGHUP) ends them too
-# rather than leaving them to train on unseen.
+# rather than leaving them to train on unseen; once it is ending, no seed starts another.
 _children: set[subprocess.Popen[str]] = set()
 _children_lock = threading.Lock()
+_ending = threading.Event()
 
 
 def run_child(command: list[str], **kwargs: Any) -> subprocess.CompletedProcess[str]:
     """`subprocess.run(command, check=True, text=True)`, the child ended if this script is."""
-    with subprocess.Popen(command, text=True, **kwargs) as process:
-        with _children_lock:
-            _children.add(process)
+    with _children_lock:
+        if _ending.is_set():
+            raise RuntimeError(f"not started, the script is ending: {' '.join(command)}")
+        process = subprocess.Popen(command, text=True, **kwargs)
+        _children.add(process)
+    with process:
         try:
             stdout, stderr = process.communicate()
         finally:
             with _children_lock:
                 _children.discard(process)
     if process.returncode:
+        if stderr:  # the child's own error message says what to fix
+            sys.stderr.write(stderr)
         raise subprocess.CalledProcessError(process.returncode, command, stdout, stderr)
     return subprocess.CompletedProcess(command, process.returncode, stdout, stderr)
 
@@ -55,6 +61,7 @@ def run_child(command: list[str], **kwargs: Any) -> subprocess.CompletedProcess[
 def end_children(signum: int, frame: object) -> None:
     """Signal handler: end every running child, then this script (finished seeds stay saved)."""
     with _children_lock:
+        _ending.set()
         for process in _children:
             process.terminate()
     sys.exit(128 + signum)
