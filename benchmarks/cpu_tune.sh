@@ -18,7 +18,7 @@ file=${3:?data file}
 preset=${4:?BERT4Rec preset}
 shift 4
 models=("$@")
-[ ${#models[@]} -gt 0 ] || models=(bpr ncf fpmc gru4rec gru4rec+ caser sasrec sasrec-ce bert4rec)
+[ ${#models[@]} -gt 0 ] || models=(bpr ncf fpmc gru4rec gru4rec+ gru4rec-ce caser sasrec sasrec-ce bert4rec)
 out=${OUT:-runs/tune}
 name=$(basename "${file%.*}")
 mkdir -p "$out"

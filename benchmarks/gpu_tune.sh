@@ -13,7 +13,7 @@ shift 2
 tables=("$@")
 [ ${#tables[@]} -gt 0 ] || tables=(ml-1m.txt:ml-1m)
 . "$(dirname "$0")/gpu_env.sh"
-models=(bpr ncf fpmc gru4rec gru4rec+ caser sasrec sasrec-ce bert4rec)
+models=(bpr ncf fpmc gru4rec gru4rec+ gru4rec-ce caser sasrec sasrec-ce bert4rec)
 for table in "${tables[@]}"; do
   IFS=: read -r file preset <<<"$table"
   name=${file%.txt}

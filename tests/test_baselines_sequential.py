@@ -1,5 +1,5 @@
-"""SASRec and GRU4Rec, each with both losses: one contract suite for all four, their training
-examples, their losses, and a planted pattern each must learn."""
+"""SASRec with both its losses and GRU4Rec with its three: one contract suite for all five,
+their training examples, their losses, and a planted pattern each must learn."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ import torch.nn.functional as F
 
 from bert4rec.baselines import gru4rec, sasrec
 from bert4rec.baselines.common import FitConfig
-from bert4rec.baselines.gru4rec import GRU4Rec, GRU4RecConfig, bpr_max_loss
+from bert4rec.baselines.gru4rec import GRU4Rec, GRU4RecConfig, bpr_max_loss, top1_loss
 from bert4rec.baselines.history import left_pad
 from bert4rec.baselines.next_item import next_item_batch, next_item_windows
 from bert4rec.baselines.sasrec import SASRec, SASRecConfig, unseen_negatives
@@ -42,8 +42,9 @@ def gru4rec_config(num_items: int, loss: str) -> GRU4RecConfig:
 VARIANTS: dict[str, tuple[type[Model], Callable[[int], SASRecConfig | GRU4RecConfig], Callable]] = {
     "sasrec": (SASRec, lambda n: sasrec_config(n, "bce"), sasrec.fit),
     "sasrec-ce": (SASRec, lambda n: sasrec_config(n, "ce"), sasrec.fit),
-    "gru4rec": (GRU4Rec, lambda n: gru4rec_config(n, "ce"), gru4rec.fit),
+    "gru4rec": (GRU4Rec, lambda n: gru4rec_config(n, "top1"), gru4rec.fit),
     "gru4rec+": (GRU4Rec, lambda n: gru4rec_config(n, "bpr-max"), gru4rec.fit),
+    "gru4rec-ce": (GRU4Rec, lambda n: gru4rec_config(n, "ce"), gru4rec.fit),
 }
 
 
@@ -246,6 +247,48 @@ def test_bpr_max_weights_negatives_by_their_softmax_and_skips_invalid_ones() -> 
     torch.testing.assert_close(loss, expected)
 
 
+def test_top1_averages_relative_rank_and_score_regularisation_over_valid_negatives() -> None:
+    positive = torch.tensor([1.0, 0.0, 2.0])
+    negatives = torch.tensor([[0.0, 2.0, 50.0], [1.0, 1.0, 1.0], [0.5, -1.0, 3.0]])
+    valid = torch.tensor([[True, True, False], [False, False, False], [True, True, True]])
+
+    loss = top1_loss(positive, negatives, valid)
+
+    # The second row has no valid negative and is left out; the first counts two negatives.
+    def row(r_i: float, r_j: list[float]) -> torch.Tensor:
+        r = torch.tensor(r_j)
+        return (torch.sigmoid(r - r_i) + torch.sigmoid(r**2)).mean()
+
+    expected = (row(1.0, [0.0, 2.0]) + row(2.0, [0.5, -1.0, 3.0])) / 2
+    torch.testing.assert_close(loss, expected)
+
+
+def test_top1_falls_as_the_target_outscores_its_negatives() -> None:
+    negatives, valid = torch.zeros(1, 4), torch.ones(1, 4, dtype=torch.bool)
+
+    losses = [top1_loss(torch.tensor([r]), negatives, valid).item() for r in (-2.0, 0.0, 2.0)]
+
+    assert losses[0] > losses[1] > losses[2]
+
+
+def test_gru4rec_ranks_against_the_mini_batch_alone_with_top1() -> None:
+    model = build("gru4rec")
+    inputs = torch.tensor([[0, 3, 4], [5, 6, 7]])
+    targets = torch.tensor([[0, 4, 8], [6, 7, 2]])
+
+    hidden = model.encode(inputs)
+    scores = model.logits(hidden.reshape(-1, 16)).reshape(2, 3, -1)  # (B, T, n + 1)
+    rows = []
+    for b, t in [(0, 1), (0, 2), (1, 1), (1, 2)]:  # (1, 0): the other row has no target there
+        rows.append((scores[b, t, targets[b, t]], scores[b, t, targets[1 - b, t]]))
+    expected = torch.stack([
+        top1_loss(p[None], n[None, None], torch.ones(1, 1, dtype=torch.bool)) for p, n in rows
+    ]).mean()
+
+    # Extra sampled negatives are GRU4Rec+'s; fit never draws them for TOP1.
+    torch.testing.assert_close(model.loss(inputs, targets), expected)
+
+
 def test_gru4rec_plus_uses_in_batch_and_sampled_negatives() -> None:
     model = build("gru4rec+")
     inputs = torch.tensor([[0, 3, 4], [5, 6, 7]])
@@ -278,8 +321,8 @@ def test_gru4rec_scores_an_empty_history_alike_in_any_batch() -> None:
 
 
 def test_gru4rec_config_errors() -> None:
-    with pytest.raises(ConfigError, match="unknown GRU4Rec loss 'top1'; choose ce or bpr-max"):
-        GRU4RecConfig(num_items=5, loss="top1")
+    with pytest.raises(ConfigError, match="unknown GRU4Rec loss 'bpr'; choose top1, bpr-max, ce"):
+        GRU4RecConfig(num_items=5, loss="bpr")
     with pytest.raises(ConfigError, match="unknown GRU4Rec setting"):
         GRU4RecConfig.from_dict({"num_items": 5, "layers": 2})
 

@@ -311,6 +311,21 @@ def test_resume_keys_of_budgeted_baselines_say_what_the_budget_counts(log_path: 
     assert "budget_counts" not in key("bert4rec", {"seed": 0, "time_budget": 60.0})
 
 
+def test_a_gru4rec_run_from_before_its_top1_loss_is_not_resumed(log_path: Path) -> None:
+    # gru4rec once trained with full softmax cross-entropy, now gru4rec-ce: an old run's key
+    # (no loss in it) must differ from today's, or --resume would reuse it as TOP1 GRU4Rec.
+    data = load_interactions(log_path)
+    machine = benchmark.machine_info()
+    settings = {"seed": 0, "time_budget": 60.0}
+
+    today = benchmark._run_key("gru4rec", settings, "demo", 20, data, 1, machine)
+    before = {k: v for k, v in today.items() if k != "loss"}
+
+    assert today["loss"] == "top1" and today != before
+    assert "loss" not in benchmark._run_key("gru4rec-ce", settings, "demo", 20, data, 1, machine)
+    assert "loss" not in benchmark._run_key("gru4rec+", settings, "demo", 20, data, 1, machine)
+
+
 def _alive(pid: int) -> bool:
     try:
         state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]

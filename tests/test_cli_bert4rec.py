@@ -118,8 +118,8 @@ def test_python_api_fit_save_load(tmp_path: Path, log_path: Path) -> None:
     assert result.users == data.num_users
 
 
-@pytest.mark.parametrize("name", ["sasrec", "sasrec-ce", "gru4rec", "gru4rec+", "caser", "fpmc",
-                                  "bpr", "ncf"])
+@pytest.mark.parametrize("name", ["sasrec", "sasrec-ce", "gru4rec", "gru4rec+", "gru4rec-ce",
+                                  "caser", "fpmc", "bpr", "ncf"])
 def test_every_baseline_trains_saves_and_evaluates_through_the_cli(
     name: str, tmp_path: Path, log_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

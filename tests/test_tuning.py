@@ -145,6 +145,21 @@ def test_unfinished_or_foreign_files_are_not_searches(tmp_path: Path) -> None:
         read_tuned(tmp_path / "missing.json")
 
 
+def test_a_gru4rec_search_from_before_its_top1_loss_is_refused(tmp_path: Path) -> None:
+    search = {"model": "gru4rec", "data": {}, "best": {"settings": {"lr": 0.0075}},
+              "budget": {"trials": 4, "trials_done": 4},
+              "key": {"model": "gru4rec", "space": {}, "trials": 4}}
+    path = tmp_path / "old.json"
+    path.write_text(json.dumps(search))
+    with pytest.raises(ConfigError, match="that model is now gru4rec-ce"):
+        read_tuned(path)
+
+    path.write_text(json.dumps({**search, "model": "gru4rec-ce"}))  # what the message offers
+    assert read_tuned(path)["best"]["settings"] == {"lr": 0.0075}
+    path.write_text(json.dumps({**search, "key": {**search["key"], "loss": "top1"}}))
+    assert read_tuned(path)["model"] == "gru4rec"
+
+
 def test_quality_trains_with_the_tuned_settings_and_shows_the_budget(
     tmp_path: Path, log_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

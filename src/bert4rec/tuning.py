@@ -103,7 +103,7 @@ def _train_and_validate(model: str, data: Interactions, preset: str, settings: d
 def _key(model: str, preset: str, data: Interactions, space: dict[str, Any], trials: int,
          seed: int, shared: dict[str, Any]) -> dict[str, Any]:
     """What makes two searches the same search (as JSON gives it back)."""
-    from bert4rec.benchmark import BUDGET_COUNTS, machine_info, preset_content
+    from bert4rec.benchmark import BUDGET_COUNTS, MARKED_LOSSES, machine_info, preset_content
 
     shipped = preset_content(preset) if model == "bert4rec" else None
     machine = machine_info()
@@ -112,6 +112,8 @@ def _key(model: str, preset: str, data: Interactions, space: dict[str, Any], tri
            "cpu": machine["cpu"], "gpu": machine["gpu"]}
     if model != "bert4rec" and shared.get("time_budget") is not None:
         key["budget_counts"] = BUDGET_COUNTS  # see bert4rec.benchmark._run_key
+    if model in MARKED_LOSSES:
+        key["loss"] = MARKED_LOSSES[model]
     return json.loads(json.dumps(key, default=str))
 
 
@@ -245,4 +247,12 @@ def read_tuned(path: str | Path) -> dict[str, Any]:
         raise ConfigError(f"{path}: the search ran {budget.get('trials_done')} of its "
                           f"{budget.get('trials')} trials; rerun the same tune command to "
                           "finish it")
+    from bert4rec.benchmark import MARKED_LOSSES
+
+    model, key = report["model"], report.get("key")
+    if model in MARKED_LOSSES and isinstance(key, dict) and "loss" not in key:
+        raise ConfigError(f"{path} searched {model} as it was before it took the "
+                          f"{MARKED_LOSSES[model]} loss: that model is now {model}-ce; tune "
+                          f"{model} again, or use the file for {model}-ce by setting its "
+                          f'"model" to "{model}-ce"')
     return report

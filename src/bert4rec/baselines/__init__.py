@@ -23,7 +23,8 @@ from bert4rec.evaluation import evaluate
 from bert4rec.runs import save_run
 from bert4rec.split import train_sequences
 
-TRAINABLE = ("sasrec", "sasrec-ce", "gru4rec", "gru4rec+", "caser", "fpmc", "bpr", "ncf")
+TRAINABLE = ("sasrec", "sasrec-ce", "gru4rec", "gru4rec+", "gru4rec-ce", "caser", "fpmc", "bpr",
+             "ncf")
 FIT_KEYS = {f.name for f in fields(FitConfig)}
 
 __all__ = [
@@ -53,10 +54,10 @@ def baseline_config(
         model_values["loss"] = "bce" if name == "sasrec" else "ce"
         return (sasrec.SASRecConfig.from_dict(model_values),
                 replace(sasrec.PAPER_FIT, **fit_values))
-    if name in ("gru4rec", "gru4rec+"):
+    if name in ("gru4rec", "gru4rec+", "gru4rec-ce"):
         from bert4rec.baselines import gru4rec
 
-        model_values["loss"] = "ce" if name == "gru4rec" else "bpr-max"
+        model_values["loss"] = {v: k for k, v in gru4rec.LOSSES.items()}[name]
         return gru4rec.GRU4RecConfig.from_dict(model_values), fit
     if name == "caser":
         from bert4rec.baselines import caser
@@ -92,7 +93,7 @@ def train_baseline(
         from bert4rec.baselines import sasrec
 
         model, result = sasrec.fit(data, config, fit, progress, log)
-    elif name in ("gru4rec", "gru4rec+"):
+    elif name in ("gru4rec", "gru4rec+", "gru4rec-ce"):
         from bert4rec.baselines import gru4rec
 
         model, result = gru4rec.fit(data, config, fit, progress, log)
@@ -158,7 +159,7 @@ def load_baseline(name: str, config: dict[str, Any], tensors: dict[str, torch.Te
         from bert4rec.baselines.sasrec import SASRec
 
         return SASRec.from_tensors(config, tensors)
-    if name in ("gru4rec", "gru4rec+"):
+    if name in ("gru4rec", "gru4rec+", "gru4rec-ce"):
         from bert4rec.baselines.gru4rec import GRU4Rec
 
         return GRU4Rec.from_tensors(config, tensors)

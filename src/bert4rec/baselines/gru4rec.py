@@ -4,13 +4,17 @@ reads a user's items in order and scores every item as the next one.
 Read top to bottom: config, the two losses, the model with the recommender contract, then
 ``fit``.
 
-Two losses, chosen by ``GRU4RecConfig.loss``:
+Three losses, chosen by ``GRU4RecConfig.loss``:
 
-* ``"ce"``, model name ``gru4rec``: full softmax cross-entropy over every item at every step.
-* ``"bpr-max"``, model name ``gru4rec+`` (the 2018 paper): each step's target is ranked against
-  sampled negatives only, the targets of the other sequences in the mini-batch at the same step
-  plus ``n_negatives`` extra items drawn in proportion to ``count ** sample_alpha``, with the
+* ``"top1"``, model name ``gru4rec`` (the 2016 paper, the GRU4Rec that BERT4Rec's paper
+  compares with): each step's target is ranked against the targets of the other sequences in
+  the mini-batch at the same step, with the TOP1 loss (section 3.1.2 of that paper).
+* ``"bpr-max"``, model name ``gru4rec+`` (the 2018 paper): the same in-batch negatives plus
+  ``n_negatives`` extra items drawn in proportion to ``count ** sample_alpha``, with the
   BPR-max loss and its score regularisation (section 3 of that paper).
+* ``"ce"``, model name ``gru4rec-ce``: full softmax cross-entropy over every item at every step,
+  as SASRec-CE is SASRec with that loss. Neither paper trains GRU4Rec this way; it is the
+  strongest of the three on ML-1m (docs/RESULTS.md).
 
 Training reads each user's training sequence in windows of ``max_len`` steps, the hidden state
 starting from zero in every window (the papers carry it through whole sessions instead).
@@ -40,18 +44,20 @@ from bert4rec.errors import ConfigError
 from bert4rec.losses import linear_cross_entropy
 from bert4rec.split import train_sequences
 
-LOSSES = {"ce": "gru4rec", "bpr-max": "gru4rec+"}  # config.loss -> model name
+LOSSES = {"top1": "gru4rec", "bpr-max": "gru4rec+", "ce": "gru4rec-ce"}  # loss -> name
 
 
 @dataclass(frozen=True)
 class GRU4RecConfig(Settings):
     """Architecture, loss and sampling. Defaults follow the 2018 paper and its released code:
-    one layer of 100 units, 2048 extra negatives, sample_alpha 0.5, bpreg 1."""
+    one layer of 100 units, 2048 extra negatives, sample_alpha 0.5, bpreg 1. The extra
+    negatives are drawn for ``bpr-max`` only; ``top1`` ranks against the mini-batch alone, as
+    in the 2016 paper."""
 
     label = "GRU4Rec"
 
     num_items: int
-    loss: str = "ce"  # "ce" (GRU4Rec) or "bpr-max" (GRU4Rec+)
+    loss: str = "top1"  # "top1" (GRU4Rec), "bpr-max" (GRU4Rec+) or "ce" (GRU4Rec-CE)
     max_len: int = 200  # steps per training window; the last max_len items of a history
     hidden_size: int = 100
     num_layers: int = 1
@@ -64,7 +70,8 @@ class GRU4RecConfig(Settings):
 
     def __post_init__(self) -> None:
         if self.loss not in LOSSES:
-            raise ConfigError(f"unknown GRU4Rec loss {self.loss!r}; choose ce or bpr-max")
+            raise ConfigError(f"unknown GRU4Rec loss {self.loss!r}; choose "
+                              f"{', '.join(LOSSES)}")
         if self.num_items < 1 or self.max_len < 1 or self.hidden_size < 1 or self.num_layers < 1:
             raise ConfigError("num_items, max_len, hidden_size and num_layers must be >= 1")
         if self.n_negatives < 0 or self.sample_alpha < 0 or self.bpreg < 0:
@@ -77,6 +84,18 @@ class GRU4RecConfig(Settings):
     @property
     def input_size(self) -> int:
         return self.embedding_size or self.hidden_size
+
+
+def top1_loss(positive: torch.Tensor, negatives: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
+    """TOP1 (Hidasi et al. 2016, section 3.1.2), mean over rows: the mean over the ``valid``
+    (N, M) negatives of ``sigmoid(r_j - r_i) + sigmoid(r_j^2)``, where ``r_i`` (N,) is the
+    target's score and ``r_j`` (N, M) the negatives'. The first term is a relative rank; the
+    second keeps the negatives' scores near zero. Rows without a valid negative are left out."""
+    keep = valid.any(dim=1)
+    positive, negatives, valid = positive[keep], negatives[keep], valid[keep]
+    terms = torch.sigmoid(negatives - positive[:, None]) + torch.sigmoid(negatives * negatives)
+    per_row = (terms * valid).sum(dim=1) / valid.sum(dim=1)
+    return per_row.mean()
 
 
 def bpr_max_loss(
@@ -99,7 +118,7 @@ def bpr_max_loss(
 class GRU4Rec(NextItemModel):
     """Item embedding, a GRU, and an output layer of its own (item vectors and biases)."""
 
-    name = "gru4rec"  # full softmax; each instance takes its own loss's name (LOSSES)
+    name = "gru4rec"  # TOP1; each instance takes its own loss's name (LOSSES)
     settings_class = GRU4RecConfig
     settings: GRU4RecConfig
 
@@ -150,7 +169,8 @@ class GRU4Rec(NextItemModel):
         self, inputs: torch.Tensor, targets: torch.Tensor, extra: torch.Tensor | None = None
     ) -> torch.Tensor:
         """Mean loss over the steps with a next item (``targets > 0``). ``inputs`` and
-        ``targets`` are (B, T); for ``bpr-max``, ``extra`` (K,) holds the sampled negatives."""
+        ``targets`` are (B, T); for ``bpr-max``, ``extra`` (K,) holds the sampled negatives.
+        ``top1`` and ``bpr-max`` rank each target against the mini-batch's other targets."""
         hidden = self.encode(inputs)  # (B, T, H)
         where = targets > 0
         if self.settings.loss == "ce":
@@ -173,6 +193,8 @@ class GRU4Rec(NextItemModel):
             sampled = hidden @ self.output_embedding(extra).T + self.output_bias[extra]  # (N, K)
             negatives = torch.cat([in_batch, sampled], dim=1)  # (N, B + K)
             valid = torch.cat([in_batch_valid, torch.ones_like(sampled, dtype=torch.bool)], dim=1)
+        if self.settings.loss == "top1":
+            return top1_loss(positive.float(), negatives.float(), valid)
         return bpr_max_loss(positive.float(), negatives.float(), valid, self.settings.bpreg)
 
 
