@@ -354,6 +354,7 @@ def test_a_worker_ends_soon_after_the_benchmark_is_killed() -> None:
 
     parent.kill()
     parent.wait()
+    parent.stdout.close()
 
     deadline = time.monotonic() + 30
     while _alive(worker) and time.monotonic() < deadline:
