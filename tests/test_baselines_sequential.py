@@ -12,7 +12,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from bert4rec.baselines import gru4rec, sasrec
+from bert4rec.baselines import gru4rec, load_baseline, sasrec
 from bert4rec.baselines.common import FitConfig
 from bert4rec.baselines.gru4rec import GRU4Rec, GRU4RecConfig, bpr_max_loss, top1_loss
 from bert4rec.baselines.history import left_pad
@@ -318,6 +318,17 @@ def test_gru4rec_scores_an_empty_history_alike_in_any_batch() -> None:
     beside = model.score([empty, np.array([3, 4, 5])])
 
     torch.testing.assert_close(beside[:1], alone)
+
+
+def test_a_gru4rec_saved_before_top1_loads_as_the_cross_entropy_model_it_is() -> None:
+    # Saved under the name gru4rec with loss "ce": its config, not its old name, says which.
+    model = build("gru4rec-ce")
+    config = json.loads(json.dumps(model.config()))
+
+    again = load_baseline("gru4rec", config, model.tensors())
+
+    assert again.name == "gru4rec-ce" and again.settings.loss == "ce"
+    assert torch.equal(again.score([np.array([3, 4])]), model.score([np.array([3, 4])]))
 
 
 def test_gru4rec_config_errors() -> None:
