@@ -263,6 +263,20 @@ def test_top1_averages_relative_rank_and_score_regularisation_over_valid_negativ
     torch.testing.assert_close(loss, expected)
 
 
+@pytest.mark.parametrize("loss", ["top1", "bpr-max"])
+def test_a_mini_batch_of_one_sequence_without_sampled_negatives_trains_nothing(loss: str) -> None:
+    # Its target has no other target to rank against: a zero loss, not NaN weights.
+    torch.manual_seed(0)
+    model = GRU4Rec(GRU4RecConfig(num_items=NUM_ITEMS, loss=loss, max_len=8, hidden_size=16,
+                                  n_negatives=0))
+
+    value = model.loss(torch.tensor([[0, 3, 4]]), torch.tensor([[0, 4, 8]]))
+    value.backward()
+
+    assert value.item() == 0.0
+    assert all(torch.isfinite(p.grad).all() for p in model.parameters() if p.grad is not None)
+
+
 def test_top1_falls_as_the_target_outscores_its_negatives() -> None:
     negatives, valid = torch.zeros(1, 4), torch.ones(1, 4, dtype=torch.bool)
 

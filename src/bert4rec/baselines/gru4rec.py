@@ -1,7 +1,7 @@
 """GRU4Rec (Hidasi et al., ICLR 2016) and GRU4Rec+ (Hidasi & Karatzoglou, CIKM 2018): a GRU
 reads a user's items in order and scores every item as the next one.
 
-Read top to bottom: config, the two losses, the model with the recommender contract, then
+Read top to bottom: config, the two ranking losses, the model with the recommender contract, then
 ``fit``.
 
 Three losses, chosen by ``GRU4RecConfig.loss``:
@@ -90,8 +90,11 @@ def top1_loss(positive: torch.Tensor, negatives: torch.Tensor, valid: torch.Tens
     """TOP1 (Hidasi et al. 2016, section 3.1.2), mean over rows: the mean over the ``valid``
     (N, M) negatives of ``sigmoid(r_j - r_i) + sigmoid(r_j^2)``, where ``r_i`` (N,) is the
     target's score and ``r_j`` (N, M) the negatives'. The first term is a relative rank; the
-    second keeps the negatives' scores near zero. Rows without a valid negative are left out."""
+    second keeps the negatives' scores near zero. Rows without a valid negative are left out;
+    with none at all (a mini-batch of one sequence), the loss is a zero that trains nothing."""
     keep = valid.any(dim=1)
+    if not keep.any():
+        return (positive.sum() + negatives.sum()) * 0.0
     positive, negatives, valid = positive[keep], negatives[keep], valid[keep]
     terms = torch.sigmoid(negatives - positive[:, None]) + torch.sigmoid(negatives * negatives)
     per_row = (terms * valid).sum(dim=1) / valid.sum(dim=1)
@@ -104,8 +107,11 @@ def bpr_max_loss(
     """BPR-max with its score regularisation (Hidasi & Karatzoglou 2018, section 3.2), mean
     over rows: ``-log sum_j s_j sigmoid(r_i - r_j) + bpreg * sum_j s_j r_j^2``, where ``r_i``
     (N,) is the target's score, ``r_j`` (N, M) the negatives' and ``s_j`` their softmax over
-    the ``valid`` (N, M) ones. Rows without a valid negative are left out."""
+    the ``valid`` (N, M) ones. Rows without a valid negative are left out; with none at all
+    (one sequence and no sampled negatives), the loss is a zero that trains nothing."""
     keep = valid.any(dim=1)
+    if not keep.any():
+        return (positive.sum() + negatives.sum()) * 0.0
     positive, negatives, valid = positive[keep], negatives[keep], valid[keep]
     log_weights = negatives.masked_fill(~valid, -torch.inf).log_softmax(dim=1)  # log s_j
     # The sum in log space: it underflows when the target scores far below its negatives.
