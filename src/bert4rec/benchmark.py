@@ -68,12 +68,12 @@ CI_METRICS = ("NDCG@10", "HR@10")
 COMPARED_METRIC = "NDCG@10"
 NEGATIVE_SEED = 0
 CONFIDENCE = 0.95
-# Settings the benchmark itself gives every model alike; a per-model --set may not change them.
 # What a time budget counts, in the resume keys of baseline runs and tuning trials.
 BUDGET_COUNTS = "training steps"
 # gru4rec once named GRU4Rec trained with full softmax cross-entropy (now gru4rec-ce); since it
 # took the 2016 paper's TOP1 loss, its keys name the loss, so --resume never mixes the two.
 MARKED_LOSSES = {"gru4rec": "top1"}
+# Settings the benchmark itself gives every model alike; a per-model --set may not change them.
 SHARED = {"seed": "--seeds", "time_budget": "--time-budget", "threads": "--threads",
           "device": "--device", "valid_users": "--valid-users"}
 
