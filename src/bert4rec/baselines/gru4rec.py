@@ -91,10 +91,8 @@ def top1_loss(positive: torch.Tensor, negatives: torch.Tensor, valid: torch.Tens
     (N, M) negatives of ``sigmoid(r_j - r_i) + sigmoid(r_j^2)``, where ``r_i`` (N,) is the
     target's score and ``r_j`` (N, M) the negatives'. The first term is a relative rank; the
     second keeps the negatives' scores near zero. Rows without a valid negative are left out;
-    with none at all (a mini-batch of one sequence), the loss is a zero that trains nothing."""
+    at least one row must have one."""
     keep = valid.any(dim=1)
-    if not keep.any():
-        return (positive.sum() + negatives.sum()) * 0.0
     positive, negatives, valid = positive[keep], negatives[keep], valid[keep]
     terms = torch.sigmoid(negatives - positive[:, None]) + torch.sigmoid(negatives * negatives)
     per_row = (terms * valid).sum(dim=1) / valid.sum(dim=1)
@@ -107,11 +105,9 @@ def bpr_max_loss(
     """BPR-max with its score regularisation (Hidasi & Karatzoglou 2018, section 3.2), mean
     over rows: ``-log sum_j s_j sigmoid(r_i - r_j) + bpreg * sum_j s_j r_j^2``, where ``r_i``
     (N,) is the target's score, ``r_j`` (N, M) the negatives' and ``s_j`` their softmax over
-    the ``valid`` (N, M) ones. Rows without a valid negative are left out; with none at all
-    (one sequence and no sampled negatives), the loss is a zero that trains nothing."""
+    the ``valid`` (N, M) ones. Rows without a valid negative are left out; at least one row
+    must have one."""
     keep = valid.any(dim=1)
-    if not keep.any():
-        return (positive.sum() + negatives.sum()) * 0.0
     positive, negatives, valid = positive[keep], negatives[keep], valid[keep]
     log_weights = negatives.masked_fill(~valid, -torch.inf).log_softmax(dim=1)  # log s_j
     # The sum in log space: it underflows when the target scores far below its negatives.
@@ -199,6 +195,10 @@ class GRU4Rec(NextItemModel):
             sampled = hidden @ self.output_embedding(extra).T + self.output_bias[extra]  # (N, K)
             negatives = torch.cat([in_batch, sampled], dim=1)  # (N, B + K)
             valid = torch.cat([in_batch_valid, torch.ones_like(sampled, dtype=torch.bool)], dim=1)
+        if not valid.any():
+            # One sequence and no sampled negatives: nothing to rank against. A zero that
+            # trains nothing, not a mean over no rows (NaN weights).
+            return (positive.sum() + negatives.sum()) * 0.0
         if self.settings.loss == "top1":
             return top1_loss(positive.float(), negatives.float(), valid)
         return bpr_max_loss(positive.float(), negatives.float(), valid, self.settings.bpreg)
