@@ -18,21 +18,17 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-import pandas as pd
-
 from bert4rec.benchmark import (
-    COMPARED_METRIC,
-    CONFIDENCE,
     PROTOCOL_NAMES,
     RECORD,
+    paired_comparison,
     provenance_header,
+    stored_result,
 )
 from bert4rec.errors import ConfigError
-from bert4rec.evaluation import EvaluationResult, compare
 from bert4rec.runs import write_json
 
 SHARED_KEYS = ("data", "negatives", "negative_seed")
@@ -43,15 +39,11 @@ def load_run(run_dir: Path) -> dict[str, Any]:
     try:
         saved = json.loads((run_dir / RECORD).read_text(encoding="utf-8"))
         key, record = saved["key"], saved["record"]
+        for protocol in PROTOCOL_NAMES:  # found where the run is now, as --resume finds it
+            record[protocol]["per_user"] = str(run_dir / f"test-{protocol}.parquet")
     except (OSError, ValueError, KeyError, TypeError) as exc:
         raise ConfigError(f"{run_dir}: not a finished benchmark run ({exc})") from exc
     return {"dir": run_dir, "key": key, "record": record}
-
-
-def stored_result(run: dict[str, Any], protocol: str) -> EvaluationResult:
-    per_user = pd.read_parquet(run["dir"] / f"test-{protocol}.parquet")
-    return EvaluationResult(protocol=protocol, split="test",
-                            metrics=dict(run["record"][protocol]["metrics"]), per_user=per_user)
 
 
 def paired(first: dict[str, Any], second: dict[str, Any]) -> dict[str, Any]:
@@ -66,17 +58,10 @@ def paired(first: dict[str, Any], second: dict[str, Any]) -> dict[str, Any]:
          "epochs": run["record"].get("epochs"), "best_epoch": run["record"].get("best_epoch"),
          "valid_NDCG@10": run["record"].get("valid_full", {}).get("NDCG@10")}
         for run in (first, second)]}
-    out["difference"] = {}
-    for protocol in PROTOCOL_NAMES:
-        c = compare(stored_result(first, protocol), stored_result(second, protocol),
-                    metric=COMPARED_METRIC, confidence=CONFIDENCE)
-        if c.ci_low > 0:
-            verdict = "first better"
-        elif c.ci_high < 0:
-            verdict = "second better"
-        else:
-            verdict = "no clear difference"
-        out["difference"][protocol] = {**asdict(c), "verdict": verdict}
+    out["difference"] = {  # the verdict is the first run's: better, worse or no clear difference
+        protocol: paired_comparison(stored_result(first["record"], protocol),
+                                    stored_result(second["record"], protocol))
+        for protocol in PROTOCOL_NAMES}
     return out
 
 

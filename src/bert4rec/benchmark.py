@@ -333,7 +333,7 @@ def _finished(run_dir: Path, key: dict[str, Any]) -> dict[str, Any] | None:
     return record
 
 
-def _stored_result(record: dict[str, Any], protocol: Protocol) -> EvaluationResult:
+def stored_result(record: dict[str, Any], protocol: Protocol) -> EvaluationResult:
     """A run's evaluation read back from its per-user file (intervals and paired tests)."""
     per_user = pd.read_parquet(record[protocol]["per_user"])
     return EvaluationResult(protocol=protocol, split="test",
@@ -508,7 +508,7 @@ def quality(
         torch.set_num_threads(previous_threads)
     runs = {model: [records[(model, seed)] for seed in seeds] for model in models}
     reference_results: dict[str, dict[str, EvaluationResult]] = {
-        model: {protocol: _stored_result(runs[model][0], protocol)
+        model: {protocol: stored_result(runs[model][0], protocol)
                 for protocol in PROTOCOL_NAMES}
         for model in models}
 
@@ -585,18 +585,23 @@ def _summarise(
                             for metric in CI_METRICS}
                  for protocol in PROTOCOL_NAMES}
     if model != REFERENCE and REFERENCE in reference_results:
-        out["vs_bert4rec"] = {}
-        for protocol in PROTOCOL_NAMES:
-            paired = compare(ours[protocol], reference_results[REFERENCE][protocol],
-                             metric=COMPARED_METRIC, confidence=CONFIDENCE)
-            if paired.ci_low > 0:
-                verdict = "better"
-            elif paired.ci_high < 0:
-                verdict = "worse"
-            else:
-                verdict = "no clear difference"
-            out["vs_bert4rec"][protocol] = {**asdict(paired), "verdict": verdict}
+        out["vs_bert4rec"] = {
+            protocol: paired_comparison(ours[protocol], reference_results[REFERENCE][protocol])
+            for protocol in PROTOCOL_NAMES}
     return out
+
+
+def paired_comparison(ours: EvaluationResult, reference: EvaluationResult) -> dict[str, Any]:
+    """``ours`` minus ``reference`` on the compared metric, paired over users, with its verdict:
+    better or worse where the interval excludes zero."""
+    paired = compare(ours, reference, metric=COMPARED_METRIC, confidence=CONFIDENCE)
+    if paired.ci_low > 0:
+        verdict = "better"
+    elif paired.ci_high < 0:
+        verdict = "worse"
+    else:
+        verdict = "no clear difference"
+    return {**asdict(paired), "verdict": verdict}
 
 
 # ----------------------------------------------------------------------------------------------
