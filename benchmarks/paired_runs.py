@@ -3,9 +3,9 @@ different commands: the comparison the benchmark writes for runs of one command,
 cannot see at once (each model's run chosen on validation from several commands).
 
     python benchmarks/paired_runs.py \
-        runs/quality-ml-1m-cpu7200-capacity/runs/gru4rec+-seed0 \
-        runs/quality-ml-1m-cpu7200-capacity2/runs/bert4rec-seed0 \
-        --out benchmarks/results/paired-ml-1m-cpu7200.json
+        runs/quality-ml-1m-cpu7200-capacity2/runs/gru4rec+-seed0 \
+        runs/quality-ml-1m-cpu7200-capacity/runs/bert4rec-seed0 \
+        --out benchmarks/results/paired-ml-1m-cpu7200-capacity2.json
 
 The difference is the first run minus the second, in NDCG@10 over the test users, under both
 protocols, as the benchmark computes it (bootstrap interval, paired t and Wilcoxon). The two
