@@ -17,7 +17,7 @@ from typing import Any
 import pandas as pd
 import pytest
 
-from bert4rec import benchmark, synthetic
+from bert4rec import benchmark, checkpoints, synthetic
 from bert4rec.baselines.pop import PopularityRecommender
 from bert4rec.benchmark import LABELS, parse_models, parse_settings, quality
 from bert4rec.cli import main
@@ -257,6 +257,74 @@ def test_resume_reuses_finished_runs_and_retrains_changed_ones(
             progress=False, log=lines.append, resume=True)
     assert not any("already in" in line for line in lines)
     assert any("1 finished run(s)" in line and "trained again" in line for line in lines)
+
+
+@pytest.mark.parametrize("model", ["fpmc", "bert4rec"])
+def test_resume_goes_on_with_an_unfinished_run_from_its_checkpoint(
+    model: str, tmp_path: Path, log_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    data = load_interactions(log_path)
+    tiny = {"bert4rec": {"hidden_size": 16, "max_len": 12}} if model == "bert4rec" else {}
+    args: dict[str, Any] = dict(models=[model], seeds=[0], epochs=3, threads=1, negatives=20,
+                                progress=False, log=None, overrides=tiny)
+    straight = quality(data, tmp_path / "straight", **args)
+    # The benchmark is stopped once the second epoch's checkpoint is written.
+    original = checkpoints.write_checkpoint
+
+    def write_then_stop(run_dir: Path, tensors: Any, meta: dict[str, Any], step: int) -> None:
+        original(run_dir, tensors, meta, step)
+        epochs = meta["result"]["epochs"] if "result" in meta else meta["state"]["epoch"]
+        if epochs == 2:
+            raise KeyboardInterrupt
+
+    target = "bert4rec.training" if model == "bert4rec" else "bert4rec.baselines.common"
+    monkeypatch.setattr(f"{target}.write_checkpoint", write_then_stop)
+    with pytest.raises(KeyboardInterrupt):
+        quality(data, tmp_path / "bench", **args)
+    monkeypatch.undo()
+    run_dir = tmp_path / "bench" / "runs" / f"{model}-seed0"
+    assert checkpoints.read_checkpoint(run_dir) is not None
+
+    resumed = quality(data, tmp_path / "bench", resume=True, **args)
+
+    (run,) = resumed["results"][model]["runs"]
+    (before,) = straight["results"][model]["runs"]
+    assert run["resumed"] is True and before["resumed"] is False
+    assert run["epochs"] == before["epochs"] == 3
+    for protocol in ("full", "popularity"):  # seeded: the same model as a run never stopped
+        assert run[protocol]["metrics"] == pytest.approx(before[protocol]["metrics"])
+    assert checkpoints.read_checkpoint(run_dir) is None  # the finished run keeps no checkpoint
+    assert not (run_dir / benchmark.STARTED).exists()
+
+
+def test_without_resume_or_with_other_settings_an_unfinished_run_starts_over(
+    tmp_path: Path, log_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    data = load_interactions(log_path)
+    args: dict[str, Any] = dict(models=["fpmc"], seeds=[0], threads=1, negatives=20,
+                                progress=False, log=None)
+    original = checkpoints.write_checkpoint
+
+    def write_then_stop(run_dir: Path, tensors: Any, meta: dict[str, Any], step: int) -> None:
+        original(run_dir, tensors, meta, step)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr("bert4rec.baselines.common.write_checkpoint", write_then_stop)
+    with pytest.raises(KeyboardInterrupt):
+        quality(data, tmp_path / "bench", epochs=2, **args)
+    monkeypatch.undo()
+
+    # Other settings (another learning rate) are another run, so its checkpoint is not resumed.
+    other = quality(data, tmp_path / "bench", epochs=2, resume=True,
+                    overrides={"fpmc": {"lr": 0.01}}, **args)
+    assert other["results"]["fpmc"]["runs"][0]["resumed"] is False
+    with pytest.raises(KeyboardInterrupt):
+        monkeypatch.setattr("bert4rec.baselines.common.write_checkpoint", write_then_stop)
+        quality(data, tmp_path / "bench", epochs=2, **args)
+    monkeypatch.undo()
+    again = quality(data, tmp_path / "bench", epochs=2, **args)  # no --resume
+    assert again["results"]["fpmc"]["runs"][0]["resumed"] is False
+    assert again["results"]["fpmc"]["runs"][0]["epochs"] == 2
 
 
 def test_runs_and_table_name_the_commit_the_benchmark_started_at(

@@ -17,11 +17,12 @@ from typing import Any
 import torch
 
 from bert4rec import distributed
+from bert4rec.checkpoints import remove_checkpoint
 from bert4rec.data import Interactions, PrepareOptions
 from bert4rec.model import BERT4Rec
 from bert4rec.presets import load_preset
 from bert4rec.runs import save_run
-from bert4rec.training import Trainer, TrainResult, remove_checkpoint
+from bert4rec.training import Trainer, TrainResult
 
 
 def _stderr(message: str) -> None:

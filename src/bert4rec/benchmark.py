@@ -39,6 +39,7 @@ import numpy as np
 import pandas as pd
 import torch
 
+from bert4rec.checkpoints import CHECKPOINT_DIR, remove_checkpoint
 from bert4rec.data import Interactions, PrepareOptions
 from bert4rec.errors import ConfigError
 from bert4rec.evaluation import (
@@ -223,9 +224,7 @@ def _train(
     seed = settings["seed"]
     if model == "bert4rec":
         from bert4rec.api import train
-        from bert4rec.training import remove_checkpoint
 
-        remove_checkpoint(run_dir)  # a fresh run: resuming would misstate the training time
         result = train(data, preset, run_dir, options=options, titles=titles,
                        progress=progress, log=log, **settings)
         state = result.state
@@ -239,7 +238,7 @@ def _train(
         recommender, fitted = fit_pop(data, progress=progress)
     else:
         recommender, fitted, fit = train_baseline(model, data, settings, progress=progress,
-                                                  log=log)
+                                                  log=log, run_dir=run_dir)
     save_baseline(run_dir, recommender, fitted, data, options, seed=seed, fit=fit, titles=titles)
     return recommender, {"train_seconds": fitted.seconds, "epochs": fitted.epochs,
                          "best_epoch": fitted.best_epoch, "stopped": fitted.stopped,
@@ -257,23 +256,35 @@ def _spread(values: Sequence[float]) -> dict[str, Any]:
 
 
 RECORD = "benchmark-run.json"  # in each run directory: what was run, and what it measured
+STARTED = "benchmark-started.json"  # in a run directory while it trains: the run's key
 
 
 def _run(
     model: str, data: Interactions, settings: dict[str, Any], preset: str, run_dir: Path,
     options: PrepareOptions, titles: dict[Any, str] | None, negatives: int,
     key: dict[str, Any], commit: str, progress: bool, log: Callable[[str], None] | None,
+    resume: bool = False,
 ) -> dict[str, Any]:
     """Train one run, evaluate it on the test split under both protocols, write its per-user
     results and its record (last, so a run with a record is a finished run); the record.
-    ``commit`` is the code's commit when the benchmark started: HEAD may move while it trains."""
+    ``commit`` is the code's commit when the benchmark started: HEAD may move while it trains.
+
+    Training writes a checkpoint into ``run_dir`` after every epoch. With ``resume``, an
+    unfinished run there that was started with the same ``key`` goes on from its checkpoint;
+    otherwise the run starts over."""
     (run_dir / RECORD).unlink(missing_ok=True)  # a record never outlives the run it describes
+    go_on = resume and _started(run_dir) == key
+    if not go_on:  # a checkpoint of other settings, or on another machine, is not this run's
+        remove_checkpoint(run_dir)
+        run_dir.mkdir(parents=True, exist_ok=True)
+        write_json(run_dir / STARTED, {"key": key})
+    resumed = go_on and (run_dir / CHECKPOINT_DIR).exists()
     wall = time.perf_counter()
     recommender, record = _train(model, data, settings, preset, run_dir, options, titles,
                                  progress, log)
     record = {"seed": settings["seed"], "run": str(run_dir), "commit": commit,
               "date": datetime.now(UTC).isoformat(timespec="seconds"),
-              "wall_seconds": time.perf_counter() - wall, **record}
+              "wall_seconds": time.perf_counter() - wall, "resumed": resumed, **record}
     for protocol in PROTOCOL_NAMES:
         result = evaluate(recommender, data, split="test", protocol=protocol,
                           num_negatives=negatives, seed=NEGATIVE_SEED, progress=progress)
@@ -281,7 +292,16 @@ def _run(
         _write_per_user(result, per_user)
         record[protocol] = {"metrics": result.metrics, "per_user": str(per_user)}
     write_json(run_dir / RECORD, {"key": key, "record": record})
+    (run_dir / STARTED).unlink(missing_ok=True)
     return record
+
+
+def _started(run_dir: Path) -> Any:
+    """The key an unfinished run in ``run_dir`` was started with, or None."""
+    try:
+        return json.loads((run_dir / STARTED).read_text(encoding="utf-8")).get("key")
+    except (OSError, ValueError, AttributeError):
+        return None
 
 
 def _run_key(model: str, settings: dict[str, Any], preset: str, negatives: int,
@@ -351,7 +371,8 @@ def _start_worker(threads: int | None, parent: int) -> None:
 def exit_with_parent(parent: int, interval: float = 1.0) -> None:
     """End this process soon after ``parent`` ends (the process is then adopted by another).
 
-    A run cut short writes no record, so ``--resume`` trains it again.
+    A run cut short writes no record, so ``--resume`` trains it again, from its last
+    checkpoint.
     """
     while os.getppid() == parent:
         time.sleep(interval)
@@ -396,8 +417,9 @@ def quality(
     ``jobs`` trains that many runs at a time, each in its own process (``threads`` torch
     threads each; by default the cores shared out); all of them share the machine, so a time
     budget buys each run less than it would alone. ``resume`` reuses the runs already finished
-    in ``output`` with the same settings, data and negatives (the rest are trained), so an
-    interrupted benchmark goes on where it stopped.
+    in ``output`` with the same settings, data and negatives, and goes on with the unfinished
+    ones from their last checkpoint (written after every epoch), so an interrupted benchmark
+    goes on where it stopped; the rest are trained.
 
     ``valid_users`` validates every trainable model on that many users, drawn once (the same
     draw for every model of a seed), rather than all of them.
@@ -487,7 +509,7 @@ def quality(
             with ProcessPoolExecutor(max_workers=min(jobs, len(pending)), mp_context=context,
                                      initializer=_start_worker,
                                      initargs=(threads, os.getpid())) as pool:
-                futures = {pool.submit(_run, *arguments[task], False, None): task
+                futures = {pool.submit(_run, *arguments[task], False, None, resume): task
                            for task in pending}
                 for future in as_completed(futures):
                     task = futures[future]
@@ -502,7 +524,8 @@ def quality(
                     say(_progress_line(len(records), total, task[0], records[task]))
         else:
             for task in pending:
-                records[task] = _run(*arguments[task], progress, log if progress else None)
+                records[task] = _run(*arguments[task], progress, log if progress else None,
+                                     resume)
                 say(_progress_line(len(records), total, task[0], records[task]))
     finally:
         torch.set_num_threads(previous_threads)

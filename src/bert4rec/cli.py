@@ -20,6 +20,7 @@ import torch
 from bert4rec import __version__, datasets, distributed
 from bert4rec.baselines import TRAINABLE
 from bert4rec.benchmark import MODELS as BENCHMARK_MODELS
+from bert4rec.checkpoints import CHECKPOINT_DIR, remove_checkpoint
 from bert4rec.data import FORMATS, Interactions, PrepareOptions, load_interactions
 from bert4rec.errors import Bert4RecError, DataError
 from bert4rec.evaluation import PROTOCOLS, TIE_RULES, evaluate
@@ -391,9 +392,16 @@ def _train_baseline(
 ) -> int:
     from bert4rec.baselines import save_baseline, train_baseline
 
+    if args.overwrite:
+        remove_checkpoint(args.output)
     log = None if args.quiet else _say
-    model, result, fit = train_baseline(args.model, data, _overrides(args),
-                                        progress=not args.quiet, log=log)
+    try:
+        model, result, fit = train_baseline(args.model, data, _overrides(args),
+                                            progress=not args.quiet, log=log,
+                                            run_dir=args.output)
+    except KeyboardInterrupt:
+        _interrupted(args.output)
+        raise
     save_baseline(args.output, model, result, data, options, seed=args.seed, fit=fit,
                   titles=titles)
     best = result.valid_metrics
@@ -404,11 +412,15 @@ def _train_baseline(
     return 0
 
 
+def _interrupted(output: Path) -> None:
+    _say(f"interrupted; the last finished epoch is saved in {output / CHECKPOINT_DIR}. "
+         "Run the same command again to resume.")
+
+
 def _train_bert4rec(
     args: argparse.Namespace, data: Interactions, options: PrepareOptions, titles: dict[Any, str]
 ) -> int:
     from bert4rec.api import train
-    from bert4rec.training import remove_checkpoint
 
     overrides = _overrides(args)
     preset = args.preset or "default"
@@ -420,8 +432,7 @@ def _train_bert4rec(
         result = train(data, preset, args.output, options=options, titles=titles,
                        progress=not args.quiet, log=_say, **overrides)
     except KeyboardInterrupt:
-        _say(f"interrupted; the last finished epoch is saved in {args.output}/checkpoint. "
-             "Run the same command again to resume.")
+        _interrupted(args.output)
         raise
     state, best = result.state, result.valid_metrics
     _say(f"trained bert4rec: {state.epoch} epochs in {state.elapsed:.0f}s ({state.stopped}); "

@@ -29,9 +29,7 @@ validates, logs and writes checkpoints, and tells the others when to stop.
 
 from __future__ import annotations
 
-import json
 import math
-import os
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, fields, replace
@@ -40,11 +38,19 @@ from typing import Any, cast
 
 import numpy as np
 import torch
-from safetensors.torch import load_file, save_file
 from torch.nn.parallel import DistributedDataParallel
 from torch.optim.swa_utils import AveragedModel
 from tqdm import tqdm
 
+from bert4rec.checkpoints import (
+    CHECKPOINT_DIR,
+    optimizer_groups,
+    optimizer_tensors,
+    prefixed,
+    read_checkpoint,
+    restore_optimizer,
+    write_checkpoint,
+)
 from bert4rec.data import Interactions
 from bert4rec.device import resolve_device
 from bert4rec.distributed import (
@@ -61,11 +67,9 @@ from bert4rec.errors import ConfigError, RunError
 from bert4rec.evaluation import check_valid_users, evaluate, validation_users
 from bert4rec.masking import cloze_mask, gather_windows, window_bounds
 from bert4rec.model import BERT4Rec, BERT4RecConfig, NegativeSample, gbce_beta
-from bert4rec.runs import atomic_write, write_json
 from bert4rec.split import train_sequences
 from bert4rec.warmstart import cooccurrence_embeddings, popularity_bias
 
-CHECKPOINT_DIR = "checkpoint"
 CHECKPOINT_VERSION = 1
 LOSSES = ("softmax", "sampled", "gbce")
 # Settings added after checkpoint version 1: they join a checkpoint's identity only when they
@@ -558,8 +562,6 @@ class Trainer:
 
     def save_checkpoint(self) -> None:
         assert self.run_dir is not None
-        folder = self.run_dir / CHECKPOINT_DIR
-        folder.mkdir(parents=True, exist_ok=True)
         tensors: dict[str, torch.Tensor] = {}
         for k, v in self.model.state_dict().items():
             tensors[f"model.{k}"] = v.detach().cpu().contiguous()
@@ -568,10 +570,7 @@ class Trainer:
         if self.average is not None:
             for k, v in self.average.state_dict().items():
                 tensors[f"average.{k}"] = v.detach().cpu().contiguous()
-        optimizer = self.optimizer.state_dict()
-        for index, slots in optimizer["state"].items():
-            for key, value in slots.items():
-                tensors[f"optim.{index}.{key}"] = torch.as_tensor(value).cpu().contiguous()
+        tensors.update(optimizer_tensors(self.optimizer))
         tensors["rng.torch"] = torch.get_rng_state()
         tensors["rng.data"] = self.generator.get_state()
         if self.device.type == "cuda":
@@ -580,44 +579,26 @@ class Trainer:
             "identity": self._identity(),
             "dropout_masks": self.model.dropout_masks.get_state(),
             "state": asdict(self.state),
-            "param_groups": [{k: v for k, v in g.items() if k != "params"}
-                             for g in optimizer["param_groups"]],
+            "param_groups": optimizer_groups(self.optimizer),
         }
-        atomic_write(folder / "state.safetensors",
-                     lambda tmp: save_file(tensors, tmp, metadata={"step": str(self.state.step)}))
-        write_json(folder / "state.json", meta)
+        write_checkpoint(self.run_dir, tensors, meta, self.state.step)
 
     def _try_resume(self) -> None:
         assert self.run_dir is not None
-        folder = self.run_dir / CHECKPOINT_DIR
-        if not (folder / "state.json").exists():
+        saved = read_checkpoint(self.run_dir)
+        if saved is None:
             return
-        try:
-            meta = json.loads((folder / "state.json").read_text(encoding="utf-8"))
-            tensors = load_file(str(folder / "state.safetensors"))
-        except (OSError, json.JSONDecodeError) as exc:
-            raise RunError(f"{folder} is damaged ({exc}); remove it to start over") from exc
+        meta, tensors = saved
         if meta.get("identity") != self._identity():
             raise RunError(
                 f"{self.run_dir} holds an unfinished run with other data or settings; pass "
                 "--overwrite to start over or choose another --output"
             )
-        self.model.load_state_dict({k[6:]: v for k, v in tensors.items()
-                                    if k.startswith("model.")})
-        self.best_weights = {k[5:]: v.to(self.device) for k, v in tensors.items()
-                             if k.startswith("best.")}
+        self.model.load_state_dict(prefixed(tensors, "model."))
+        self.best_weights = {k: v.to(self.device) for k, v in prefixed(tensors, "best.").items()}
         if self.average is not None:
-            self.average.load_state_dict({k[8:]: v for k, v in tensors.items()
-                                          if k.startswith("average.")})
-        optim_state: dict[int, dict[str, torch.Tensor]] = {}
-        for key, value in tensors.items():
-            if key.startswith("optim."):
-                _, index, slot = key.split(".", 2)
-                optim_state.setdefault(int(index), {})[slot] = value
-        groups = self.optimizer.state_dict()["param_groups"]
-        for group, saved in zip(groups, meta["param_groups"], strict=True):
-            group.update({k: v for k, v in saved.items() if k != "params"})
-        self.optimizer.load_state_dict({"state": optim_state, "param_groups": groups})
+            self.average.load_state_dict(prefixed(tensors, "average."))
+        restore_optimizer(self.optimizer, tensors, meta["param_groups"])
         torch.set_rng_state(tensors["rng.torch"])
         self.generator.set_state(tensors["rng.data"])
         if "dropout_masks" in meta:
@@ -625,22 +606,13 @@ class Trainer:
         if "rng.cuda" in tensors and self.device.type == "cuda":
             torch.cuda.set_rng_state(tensors["rng.cuda"], self.device)
         self.state = TrainState(**meta["state"])
-        self.log(f"resumed from {folder} at epoch {self.state.epoch} (step {self.state.step})")
+        self.log(f"resumed from {self.run_dir / CHECKPOINT_DIR} at epoch {self.state.epoch} "
+                 f"(step {self.state.step})")
 
 
 def _clock(seconds: float) -> str:
     seconds = int(seconds)
     return f"{seconds // 3600}:{seconds % 3600 // 60:02d}:{seconds % 60:02d}"
-
-
-def remove_checkpoint(run_dir: Path) -> None:
-    folder = run_dir / CHECKPOINT_DIR
-    for name in ("state.safetensors", "state.json"):
-        path = folder / name
-        if path.exists():
-            os.unlink(path)
-    if folder.exists() and not any(folder.iterdir()):
-        folder.rmdir()
 
 
 def with_overrides(config: TrainConfig, **overrides: Any) -> TrainConfig:

@@ -17,6 +17,7 @@ import torch
 
 from bert4rec.baselines.common import FitConfig, FitResult
 from bert4rec.baselines.pop import PopularityRecommender
+from bert4rec.checkpoints import remove_checkpoint
 from bert4rec.data import Interactions, PrepareOptions
 from bert4rec.errors import ConfigError
 from bert4rec.evaluation import evaluate
@@ -84,35 +85,38 @@ def train_baseline(
     overrides: dict[str, Any],
     progress: bool = False,
     log: Callable[[str], None] | None = None,
+    run_dir: Path | None = None,
 ) -> tuple[Any, FitResult, FitConfig]:
-    """Train baseline ``name`` with the settings of :func:`baseline_config`."""
+    """Train baseline ``name`` with the settings of :func:`baseline_config`; with ``run_dir``,
+    checkpoints go there every epoch and an unfinished run there is resumed
+    (:func:`bert4rec.baselines.common.fit_loop`)."""
     config, fit = baseline_config(name, data.num_items, overrides)
     model: Any
     result: FitResult
     if name in ("sasrec", "sasrec-ce"):
         from bert4rec.baselines import sasrec
 
-        model, result = sasrec.fit(data, config, fit, progress, log)
+        model, result = sasrec.fit(data, config, fit, progress, log, run_dir)
     elif name in ("gru4rec", "gru4rec+", "gru4rec-ce"):
         from bert4rec.baselines import gru4rec
 
-        model, result = gru4rec.fit(data, config, fit, progress, log)
+        model, result = gru4rec.fit(data, config, fit, progress, log, run_dir)
     elif name == "caser":
         from bert4rec.baselines import caser
 
-        model, result = caser.fit(data, config, fit, progress, log)
+        model, result = caser.fit(data, config, fit, progress, log, run_dir)
     elif name == "fpmc":
         from bert4rec.baselines import fpmc
 
-        model, result = fpmc.fit(data, config, fit, progress, log)
+        model, result = fpmc.fit(data, config, fit, progress, log, run_dir)
     elif name == "bpr":
         from bert4rec.baselines import bpr
 
-        model, result = bpr.fit(data, config, fit, progress, log)
+        model, result = bpr.fit(data, config, fit, progress, log, run_dir)
     else:  # ncf: baseline_config has refused every other name
         from bert4rec.baselines import ncf
 
-        model, result = ncf.fit(data, config, fit, progress, log)
+        model, result = ncf.fit(data, config, fit, progress, log, run_dir)
     return model, result, fit
 
 
@@ -139,7 +143,8 @@ def save_baseline(
     titles: dict[Any, str] | None = None,
 ) -> None:
     """Save a trained baseline as a run directory that ``load_model`` reads back, its training
-    record as the run's metrics. ``fit`` is ``None`` for POP, which has no training loop."""
+    record as the run's metrics, and remove the checkpoint its training left there. ``fit`` is
+    ``None`` for POP, which has no training loop."""
     metrics: dict[str, Any] = {"valid_full": result.valid_metrics,
                                "train_seconds": round(result.seconds, 3)}
     extra: dict[str, Any] | None = None
@@ -149,6 +154,7 @@ def save_baseline(
         extra = {"fit": asdict(fit), "threads": torch.get_num_threads()}
     save_run(run_dir, model.name, model.config(), model.tensors(), data, options,
              metrics=metrics, seed=seed, titles=titles, extra_provenance=extra)
+    remove_checkpoint(run_dir)
 
 
 def load_baseline(name: str, config: dict[str, Any], tensors: dict[str, torch.Tensor]) -> Any:

@@ -18,6 +18,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -101,6 +102,7 @@ def fit(
     fit: FitConfig,
     progress: bool = False,
     log: Callable[[str], None] | None = None,
+    run_dir: Path | None = None,
 ) -> tuple[BPR, FitResult]:
     """Train on ``data``'s training sequences; the model comes back with its best validation
     weights, on the device ``fit.device`` chose."""
@@ -114,5 +116,6 @@ def fit(
         user = model.user(tokens)  # (B, d)
         return bpr_loss(model.pair_scores(user, positive), model.pair_scores(user, negative))
 
-    result = fit_loop(model, data, fit, len(examples), loss_fn, progress=progress, log=log)
+    result = fit_loop(model, data, fit, len(examples), loss_fn, progress=progress, log=log,
+                      run_dir=run_dir)
     return model, result

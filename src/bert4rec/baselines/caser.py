@@ -20,6 +20,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -158,6 +159,7 @@ def fit(
     fit: FitConfig,
     progress: bool = False,
     log: Callable[[str], None] | None = None,
+    run_dir: Path | None = None,
 ) -> tuple[Caser, FitResult]:
     """Train on ``data``'s training sequences; the model comes back with its best validation
     weights, on the device ``fit.device`` chose."""
@@ -176,5 +178,6 @@ def fit(
                                                               config.negatives)
         return caser_loss(positive_logits, negative_logits, targets != 0)
 
-    result = fit_loop(model, data, fit, len(examples), loss_fn, progress=progress, log=log)
+    result = fit_loop(model, data, fit, len(examples), loss_fn, progress=progress, log=log,
+                      run_dir=run_dir)
     return model, result

@@ -17,6 +17,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
 from typing import Any, ClassVar, Self, TypeVar
 
 import numpy as np
@@ -24,9 +25,17 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
+from bert4rec.checkpoints import (
+    optimizer_groups,
+    optimizer_tensors,
+    prefixed,
+    read_checkpoint,
+    restore_optimizer,
+    write_checkpoint,
+)
 from bert4rec.data import Interactions
 from bert4rec.device import resolve_device
-from bert4rec.errors import ConfigError
+from bert4rec.errors import ConfigError, RunError
 from bert4rec.evaluation import check_valid_users, evaluate, validation_users
 
 
@@ -85,6 +94,11 @@ class BaselineModel(nn.Module):
         return model
 
 
+CHECKPOINT_VERSION = 1
+# Settings a resumed run may change: how long it trains and where, not what it trains.
+RESUMABLE = ("epochs", "patience", "time_budget", "threads", "device")
+
+
 @dataclass(frozen=True)
 class FitConfig:
     """Optimisation settings common to the trainable baselines."""
@@ -140,17 +154,24 @@ def start_fit(
 
 
 def fit_loop(
-    model: nn.Module,
+    model: BaselineModel,
     data: Interactions,
     config: FitConfig,
     num_examples: int,
     loss_fn: Callable[[np.ndarray, torch.Generator], torch.Tensor],
     progress: bool = False,
     log: Callable[[str], None] | None = None,
+    run_dir: Path | None = None,
 ) -> FitResult:
     """Train ``model`` in place. ``loss_fn(example_indices, generator)`` returns the mean loss
     of a batch of the model's ``num_examples`` training examples; the generator is the one
-    source of randomness (negatives, dropout masks come from torch's global seed)."""
+    source of randomness (negatives, dropout masks come from torch's global seed).
+
+    With ``run_dir``, a checkpoint is written there after every epoch
+    (:mod:`bert4rec.checkpoints`), and a checkpoint found there is resumed from: same seed and
+    threads, same result as a run never stopped. A checkpoint of another model, other data or
+    other settings is refused; the epochs, patience, time budget, threads and device may differ.
+    """
     if config.threads:
         torch.set_num_threads(config.threads)
     torch.manual_seed(config.seed)
@@ -161,8 +182,30 @@ def fit_loop(
     best = {k: v.detach().clone() for k, v in model.state_dict().items()}
     bad = 0
     valid_users = validation_users(data, config.valid_users, config.seed)
-    trained = 0.0  # seconds spent in training steps, what the time budget counts
-    for epoch in range(1, config.epochs + 1):
+    identity = {"version": CHECKPOINT_VERSION, "model": model.name, "config": model.config(),
+                "fit": {k: v for k, v in asdict(config).items() if k not in RESUMABLE},
+                "data": data.fingerprint, "examples": num_examples}
+    saved = read_checkpoint(run_dir) if run_dir is not None else None
+    if saved is not None:
+        meta, tensors = saved
+        if meta.get("identity") != identity:
+            raise RunError(f"{run_dir} holds an unfinished run of another model, other data or "
+                           "other settings; remove its checkpoint folder to start over or "
+                           "choose another output")
+        model.load_state_dict(prefixed(tensors, "model."))
+        best = {k: v.to(model.device) for k, v in prefixed(tensors, "best.").items()}
+        restore_optimizer(optimizer, tensors, meta["param_groups"])
+        torch.set_rng_state(tensors["rng.torch"])
+        generator.set_state(tensors["rng.data"])
+        if "rng.cuda" in tensors and model.device.type == "cuda":
+            torch.cuda.set_rng_state(tensors["rng.cuda"], model.device)
+        result, bad = FitResult(**meta["result"]), meta["bad"]
+        if log is not None:
+            log(f"resumed from the checkpoint in {run_dir} at epoch {result.epochs}")
+    trained = result.seconds  # seconds spent in training steps, what the time budget counts
+    for epoch in range(result.epochs + 1, config.epochs + 1):
+        if result.stopped:
+            break
         model.train()
         order = torch.randperm(num_examples, generator=generator).numpy()
         losses = []
@@ -196,13 +239,28 @@ def fit_loop(
                 if config.patience and bad >= config.patience:
                     result.stopped = result.stopped or "early stopping"
         result.history.append(record)
+        result.seconds = trained
         if log is not None:
             log(" ".join(f"{k} {v:.4f}" if isinstance(v, float) else f"{k} {v}"
                          for k, v in record.items()))
-        if result.stopped:
-            break
+        if run_dir is not None:
+            _save_checkpoint(run_dir, model, best, optimizer, generator,
+                             {"identity": identity, "result": asdict(result), "bad": bad})
     result.stopped = result.stopped or "epochs done"
-    result.seconds = trained
     model.load_state_dict(best)
     model.eval()
     return result
+
+
+def _save_checkpoint(run_dir: Path, model: BaselineModel, best: dict[str, torch.Tensor],
+                     optimizer: torch.optim.Optimizer, generator: torch.Generator,
+                     meta: dict[str, Any]) -> None:
+    tensors = {f"model.{k}": v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    tensors.update({f"best.{k}": v.detach().cpu().contiguous() for k, v in best.items()})
+    tensors.update(optimizer_tensors(optimizer))
+    tensors["rng.torch"] = torch.get_rng_state()
+    tensors["rng.data"] = generator.get_state()
+    if model.device.type == "cuda":
+        tensors["rng.cuda"] = torch.cuda.get_rng_state(model.device)
+    write_checkpoint(run_dir, tensors, {**meta, "param_groups": optimizer_groups(optimizer)},
+                     meta["result"]["epochs"])

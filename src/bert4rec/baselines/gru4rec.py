@@ -25,6 +25,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -210,6 +211,7 @@ def fit(
     fit: FitConfig,
     progress: bool = False,
     log: Callable[[str], None] | None = None,
+    run_dir: Path | None = None,
 ) -> tuple[GRU4Rec, FitResult]:
     """Train GRU4Rec with :func:`bert4rec.baselines.common.fit_loop` on every next item of every
     user's training sequence, cut into windows of ``max_len`` steps."""
@@ -231,5 +233,6 @@ def fit(
                                       generator=generator).to(device)  # (K,)
         return model.loss(inputs.to(device), targets.to(device), extra)
 
-    result = fit_loop(model, data, fit, len(starts), loss_fn, progress=progress, log=log)
+    result = fit_loop(model, data, fit, len(starts), loss_fn, progress=progress, log=log,
+                      run_dir=run_dir)
     return model, result

@@ -20,6 +20,7 @@ import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from itertools import pairwise
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -171,6 +172,7 @@ def fit(
     fit: FitConfig,
     progress: bool = False,
     log: Callable[[str], None] | None = None,
+    run_dir: Path | None = None,
 ) -> tuple[NCF, FitResult]:
     """Train on ``data``'s training sequences; the model comes back with its best validation
     weights, on the device ``fit.device`` chose."""
@@ -185,5 +187,6 @@ def fit(
         user = model.user(tokens)
         return pointwise_loss(model.pair_logits(user, positive), model.pair_logits(user, negative))
 
-    result = fit_loop(model, data, fit, len(examples), loss_fn, progress=progress, log=log)
+    result = fit_loop(model, data, fit, len(examples), loss_fn, progress=progress, log=log,
+                      run_dir=run_dir)
     return model, result

@@ -21,6 +21,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -203,6 +204,7 @@ def fit(
     fit: FitConfig,
     progress: bool = False,
     log: Callable[[str], None] | None = None,
+    run_dir: Path | None = None,
 ) -> tuple[SASRec, FitResult]:
     """Train SASRec with :func:`bert4rec.baselines.common.fit_loop`. One example per user: the
     most recent window of its training sequence, the next item as target at every position
@@ -223,5 +225,6 @@ def fit(
             negatives = negatives.to(device)
         return model.loss(inputs.to(device), targets.to(device), negatives)
 
-    result = fit_loop(model, data, fit, len(starts), loss_fn, progress=progress, log=log)
+    result = fit_loop(model, data, fit, len(starts), loss_fn, progress=progress, log=log,
+                      run_dir=run_dir)
     return model, result
