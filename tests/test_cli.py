@@ -12,7 +12,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from bert4rec import synthetic
+from bert4rec import checkpoints, synthetic
 from bert4rec.baselines.pop import PopularityRecommender
 from bert4rec.cli import main
 from bert4rec.data import SYNTHETIC_MARKER, Interactions, load_interactions
@@ -192,6 +192,37 @@ def test_train_does_not_replace_a_finished_run(
     assert "already holds a finished run; pass --overwrite" in capsys.readouterr().err
     assert (run / "run.json").read_text(encoding="utf-8") == before
     assert main(["train", "--data", str(log), "--output", str(run), "--overwrite"]) == 0
+
+
+def test_an_interrupted_baseline_resumes_where_it_stopped(
+    tmp_path: Path, log: Path, capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    out = tmp_path / "run"
+    train = ["train", "--data", str(log), "--model", "fpmc", "--epochs", "3", "--output",
+             str(out)]
+    original = checkpoints.write_checkpoint
+
+    def write_then_stop(run_dir: Path, *args: object) -> None:
+        original(run_dir, *args)
+        raise KeyboardInterrupt  # Ctrl-C just after the first epoch's checkpoint
+
+    monkeypatch.setattr("bert4rec.baselines.common.write_checkpoint", write_then_stop)
+    assert main(train) == 130
+    assert f"the last finished epoch is saved in {out / 'checkpoint'}" in capsys.readouterr().err
+    monkeypatch.undo()
+
+    assert main(train) == 0
+    err = capsys.readouterr().err
+    assert f"resumed from the checkpoint in {out} at epoch 1" in err
+    assert "trained fpmc: 3 epochs" in err
+    assert not (out / "checkpoint").exists()  # the finished run keeps no checkpoint
+
+    monkeypatch.setattr("bert4rec.baselines.common.write_checkpoint", write_then_stop)
+    assert main([*train, "--overwrite"]) == 130
+    monkeypatch.undo()
+    assert main([*train, "--overwrite"]) == 0  # starts over: nothing resumed
+    assert "resumed" not in capsys.readouterr().err
 
 
 def test_train_on_a_missing_file(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
