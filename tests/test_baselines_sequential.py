@@ -5,9 +5,6 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable
-from dataclasses import replace
-from pathlib import Path
-from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -15,15 +12,14 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from bert4rec.baselines import common, gru4rec, load_baseline, sasrec
+from bert4rec.baselines import gru4rec, load_baseline, sasrec
 from bert4rec.baselines.common import FitConfig
 from bert4rec.baselines.gru4rec import GRU4Rec, GRU4RecConfig, bpr_max_loss, top1_loss
 from bert4rec.baselines.history import left_pad
 from bert4rec.baselines.next_item import next_item_batch, next_item_windows
 from bert4rec.baselines.sasrec import SASRec, SASRecConfig, unseen_negatives
-from bert4rec.checkpoints import read_checkpoint
 from bert4rec.data import Interactions, prepare_frame
-from bert4rec.errors import ConfigError, RunError
+from bert4rec.errors import ConfigError
 from bert4rec.evaluation import evaluate
 from bert4rec.recommender import Recommender
 from bert4rec.synthetic import generate
@@ -391,55 +387,3 @@ def test_fit_refuses_a_config_for_other_data(tiny: Interactions) -> None:
     with pytest.raises(Exception, match="set up for 9 items but the data has 6"):
         sasrec.fit(tiny, sasrec_config(9, "ce"), quick(epochs=1))
 
-
-# ----------------------------------------------------------------------------------------------
-# Checkpoints
-
-
-@pytest.mark.parametrize("name", ["sasrec-ce", "gru4rec+"])
-def test_a_run_stopped_after_an_epoch_resumes_to_the_same_model(
-    name: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    _, config, fit = VARIANTS[name]
-    data = prepare_frame(generate(num_users=40, num_items=NUM_ITEMS, min_length=5,
-                                  max_length=10, seed=3))
-    settings = replace(config(data.num_items), dropout=0.2) if name == "sasrec-ce" \
-        else config(data.num_items)  # dropout on: the restored random state matters
-    straight_model, straight = fit(data, settings, quick(epochs=4, eval_every=1), False, None,
-                                   tmp_path / "a")
-
-    original = common._save_checkpoint
-
-    def save_then_crash(run_dir: Path, *args: Any) -> None:
-        original(run_dir, *args)
-        if args[-1]["result"]["epochs"] == 2:
-            raise KeyboardInterrupt
-
-    monkeypatch.setattr(common, "_save_checkpoint", save_then_crash)
-    with pytest.raises(KeyboardInterrupt):
-        fit(data, settings, quick(epochs=4, eval_every=1), False, None, tmp_path / "b")
-    monkeypatch.setattr(common, "_save_checkpoint", original)
-    lines: list[str] = []
-    resumed_model, resumed = fit(data, settings, quick(epochs=4, eval_every=1), False,
-                                 lines.append, tmp_path / "b")
-
-    assert lines[0] == f"resumed from the checkpoint in {tmp_path / 'b'} at epoch 2"
-    assert resumed.history == straight.history
-    assert (resumed.epochs, resumed.best_epoch) == (straight.epochs, straight.best_epoch)
-    assert resumed.valid_metrics == straight.valid_metrics
-    for key, value in straight_model.state_dict().items():
-        assert torch.equal(value, resumed_model.state_dict()[key])
-
-
-def test_a_checkpoint_of_other_settings_is_refused(tmp_path: Path) -> None:
-    data = prepare_frame(generate(num_users=30, num_items=NUM_ITEMS, min_length=5,
-                                  max_length=10, seed=3))
-    settings = gru4rec_config(data.num_items, "bpr-max")
-    gru4rec.fit(data, settings, quick(epochs=1), run_dir=tmp_path)
-    assert read_checkpoint(tmp_path) is not None  # fit leaves it; saving the run removes it
-
-    with pytest.raises(RunError, match="unfinished run of another model"):
-        gru4rec.fit(data, settings, quick(epochs=1, lr=0.5), run_dir=tmp_path)
-    # How long it trains may change: more epochs go on from the checkpoint.
-    _, result = gru4rec.fit(data, settings, quick(epochs=2, patience=3), run_dir=tmp_path)
-    assert [record["epoch"] for record in result.history] == [1, 2]

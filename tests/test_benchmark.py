@@ -259,6 +259,25 @@ def test_resume_reuses_finished_runs_and_retrains_changed_ones(
     assert any("1 finished run(s)" in line and "trained again" in line for line in lines)
 
 
+def watch_checkpoints(monkeypatch: pytest.MonkeyPatch, model: str,
+                      stops: list[int]) -> list[int]:
+    """The epoch of every checkpoint ``model``'s training writes from now on; Ctrl-C just after
+    the one of epoch ``stops[0]``, once (the first of ``stops`` is then taken out)."""
+    written: list[int] = []
+    original = checkpoints.write_checkpoint
+
+    def write(run_dir: Path, tensors: Any, meta: dict[str, Any], step: int) -> None:
+        original(run_dir, tensors, meta, step)
+        written.append(meta["result"]["epochs"] if "result" in meta else meta["state"]["epoch"])
+        if stops and written[-1] == stops[0]:
+            stops.pop(0)
+            raise KeyboardInterrupt
+
+    trainer = "bert4rec.training" if model == "bert4rec" else "bert4rec.baselines.common"
+    monkeypatch.setattr(f"{trainer}.write_checkpoint", write)
+    return written
+
+
 @pytest.mark.parametrize("model", ["fpmc", "bert4rec"])
 def test_resume_goes_on_with_an_unfinished_run_from_its_checkpoint(
     model: str, tmp_path: Path, log_path: Path, monkeypatch: pytest.MonkeyPatch
@@ -268,25 +287,16 @@ def test_resume_goes_on_with_an_unfinished_run_from_its_checkpoint(
     args: dict[str, Any] = dict(models=[model], seeds=[0], epochs=3, threads=1, negatives=20,
                                 progress=False, log=None, overrides=tiny)
     straight = quality(data, tmp_path / "straight", **args)
-    # The benchmark is stopped once the second epoch's checkpoint is written.
-    original = checkpoints.write_checkpoint
-
-    def write_then_stop(run_dir: Path, tensors: Any, meta: dict[str, Any], step: int) -> None:
-        original(run_dir, tensors, meta, step)
-        epochs = meta["result"]["epochs"] if "result" in meta else meta["state"]["epoch"]
-        if epochs == 2:
-            raise KeyboardInterrupt
-
-    target = "bert4rec.training" if model == "bert4rec" else "bert4rec.baselines.common"
-    monkeypatch.setattr(f"{target}.write_checkpoint", write_then_stop)
+    written = watch_checkpoints(monkeypatch, model, stops=[2])
     with pytest.raises(KeyboardInterrupt):
         quality(data, tmp_path / "bench", **args)
-    monkeypatch.undo()
     run_dir = tmp_path / "bench" / "runs" / f"{model}-seed0"
     assert checkpoints.read_checkpoint(run_dir) is not None
+    written.clear()
 
     resumed = quality(data, tmp_path / "bench", resume=True, **args)
 
+    assert written == [3]  # epochs 1 and 2 were not trained again
     (run,) = resumed["results"][model]["runs"]
     (before,) = straight["results"][model]["runs"]
     assert run["resumed"] is True and before["resumed"] is False
@@ -297,34 +307,41 @@ def test_resume_goes_on_with_an_unfinished_run_from_its_checkpoint(
     assert not (run_dir / benchmark.STARTED).exists()
 
 
-def test_without_resume_or_with_other_settings_an_unfinished_run_starts_over(
-    tmp_path: Path, log_path: Path, monkeypatch: pytest.MonkeyPatch
+def test_an_unfinished_run_starts_over_without_resume_or_with_other_settings(
+    tmp_path: Path, log_path: Path, monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
 ) -> None:
     data = load_interactions(log_path)
-    args: dict[str, Any] = dict(models=["fpmc"], seeds=[0], threads=1, negatives=20,
-                                progress=False, log=None)
-    original = checkpoints.write_checkpoint
+    out = tmp_path / "bench"
+    args: dict[str, Any] = dict(models=["fpmc"], seeds=[0], epochs=2, threads=1, negatives=20,
+                                progress=False)
+    stops: list[int] = []
+    written = watch_checkpoints(monkeypatch, "fpmc", stops)
 
-    def write_then_stop(run_dir: Path, tensors: Any, meta: dict[str, Any], step: int) -> None:
-        original(run_dir, tensors, meta, step)
-        raise KeyboardInterrupt
+    def stopped_after_one_epoch() -> None:
+        stops.append(1)
+        with pytest.raises(KeyboardInterrupt):
+            quality(data, out, log=None, **args)
+        written.clear()
 
-    monkeypatch.setattr("bert4rec.baselines.common.write_checkpoint", write_then_stop)
-    with pytest.raises(KeyboardInterrupt):
-        quality(data, tmp_path / "bench", epochs=2, **args)
-    monkeypatch.undo()
+    stopped_after_one_epoch()
+    # Other settings (another learning rate) are another run: its checkpoint is not resumed.
+    other = quality(data, out, resume=True, overrides={"fpmc": {"lr": 0.01}}, log=None, **args)
+    assert written == [1, 2] and other["results"]["fpmc"]["runs"][0]["resumed"] is False
 
-    # Other settings (another learning rate) are another run, so its checkpoint is not resumed.
-    other = quality(data, tmp_path / "bench", epochs=2, resume=True,
-                    overrides={"fpmc": {"lr": 0.01}}, **args)
-    assert other["results"]["fpmc"]["runs"][0]["resumed"] is False
-    with pytest.raises(KeyboardInterrupt):
-        monkeypatch.setattr("bert4rec.baselines.common.write_checkpoint", write_then_stop)
-        quality(data, tmp_path / "bench", epochs=2, **args)
-    monkeypatch.undo()
-    again = quality(data, tmp_path / "bench", epochs=2, **args)  # no --resume
-    assert again["results"]["fpmc"]["runs"][0]["resumed"] is False
-    assert again["results"]["fpmc"]["runs"][0]["epochs"] == 2
+    stopped_after_one_epoch()
+    again = quality(data, out, log=None, **args)  # no resume
+    assert written == [1, 2] and again["results"]["fpmc"]["runs"][0]["resumed"] is False
+
+    # A checkpoint that cannot be resumed does not stop the benchmark: the run starts over.
+    stopped_after_one_epoch()
+    (out / "runs" / "fpmc-seed0" / "checkpoint" / "state.safetensors").write_bytes(b"broken")
+    repaired = quality(data, out, resume=True, log=None, **args)
+    (run,) = repaired["results"]["fpmc"]["runs"]
+    assert written == [1, 2] and run["resumed"] is False
+    assert "checkpoint is damaged" in run["checkpoint_refused"]
+    assert "fpmc seed 0 cannot go on from its checkpoint, so it starts over" in \
+        capsys.readouterr().err
 
 
 def test_runs_and_table_name_the_commit_the_benchmark_started_at(

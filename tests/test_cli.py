@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+import torch
 
 from bert4rec import checkpoints, synthetic
 from bert4rec.baselines.pop import PopularityRecommender
@@ -218,11 +219,46 @@ def test_an_interrupted_baseline_resumes_where_it_stopped(
     assert "trained fpmc: 3 epochs" in err
     assert not (out / "checkpoint").exists()  # the finished run keeps no checkpoint
 
+    # Replacing a finished run, stopped: the finished run stays until the new one is done, and
+    # the same command without --overwrite goes on with the new one.
+    monkeypatch.setattr("bert4rec.baselines.common.write_checkpoint", write_then_stop)
+    assert main([*train, "--set", "lr=0.01", "--overwrite"]) == 130
+    assert "Run the same command again without --overwrite (which starts over) to resume" in \
+        capsys.readouterr().err
+    assert (out / "run.json").exists()
+    monkeypatch.undo()
+    assert main([*train, "--set", "lr=0.01"]) == 0
+    assert "resumed from the checkpoint" in capsys.readouterr().err
+    assert json.loads((out / "run.json").read_text())["provenance"]["fit"]["lr"] == 0.01
+
     monkeypatch.setattr("bert4rec.baselines.common.write_checkpoint", write_then_stop)
     assert main([*train, "--overwrite"]) == 130
     monkeypatch.undo()
     assert main([*train, "--overwrite"]) == 0  # starts over: nothing resumed
     assert "resumed" not in capsys.readouterr().err
+
+
+def test_pop_does_not_replace_an_unfinished_run_unasked(
+    tmp_path: Path, log: Path, capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    out = tmp_path / "run"
+
+    def stop(*args: object, **kwargs: object) -> None:
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr("bert4rec.baselines.fpmc.fit_loop", stop)
+    assert main(["train", "--data", str(log), "--model", "fpmc", "--output", str(out)]) == 130
+    assert "interrupted before the first epoch ended; nothing to resume" in \
+        capsys.readouterr().err
+    checkpoints.write_checkpoint(out, {"x": torch.zeros(1)}, {"identity": {}}, step=1)
+
+    assert main(["train", "--data", str(log), "--model", "pop", "--output", str(out)]) == 2
+    assert "holds an unfinished run; pass --overwrite" in capsys.readouterr().err
+    assert checkpoints.read_checkpoint(out) is not None
+    assert main(["train", "--data", str(log), "--model", "pop", "--output", str(out),
+                 "--overwrite"]) == 0
+    assert checkpoints.read_checkpoint(out) is None
 
 
 def test_train_on_a_missing_file(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

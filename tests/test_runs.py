@@ -11,6 +11,7 @@ import pytest
 import torch
 
 from bert4rec.baselines.pop import PopularityRecommender
+from bert4rec.checkpoints import write_checkpoint
 from bert4rec.data import Interactions, PrepareOptions, prepare_frame
 from bert4rec.errors import RunError
 from bert4rec.runs import RUN_FILE, check_output, load_model, read_run, save_run
@@ -100,7 +101,7 @@ def test_directory_without_run_json_is_refused(tmp_path: Path) -> None:
 
 
 def test_unfinished_run_is_refused(tmp_path: Path) -> None:
-    (tmp_path / "checkpoint").mkdir()
+    write_checkpoint(tmp_path, {"x": torch.zeros(1)}, {"identity": {}}, step=1)
 
     with pytest.raises(RunError, match="holds an unfinished training run; resume it"):
         read_run(tmp_path)

@@ -157,7 +157,7 @@ def test_resume_refuses_other_settings(tmp_path: Path, monkeypatch: pytest.Monke
     data = planted(num_users=60)
     Trainer(data, small_model(data.num_items), quick(epochs=1), run_dir=tmp_path,
             progress=False).fit()
-    with pytest.raises(Exception, match="other data or settings"):
+    with pytest.raises(Exception, match="other data or other settings"):
         Trainer(data, small_model(data.num_items), quick(epochs=1, lr=1e-2), run_dir=tmp_path,
                 progress=False).fit()
 

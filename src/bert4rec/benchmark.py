@@ -39,9 +39,9 @@ import numpy as np
 import pandas as pd
 import torch
 
-from bert4rec.checkpoints import CHECKPOINT_DIR, remove_checkpoint
+from bert4rec.checkpoints import has_checkpoint, remove_checkpoint
 from bert4rec.data import Interactions, PrepareOptions
-from bert4rec.errors import ConfigError
+from bert4rec.errors import ConfigError, RunError
 from bert4rec.evaluation import (
     METRICS,
     EvaluationResult,
@@ -273,15 +273,26 @@ def _run(
     unfinished run there that was started with the same ``key`` goes on from its checkpoint;
     otherwise the run starts over."""
     (run_dir / RECORD).unlink(missing_ok=True)  # a record never outlives the run it describes
-    go_on = resume and _started(run_dir) == key
-    if not go_on:  # a checkpoint of other settings, or on another machine, is not this run's
-        remove_checkpoint(run_dir)
-        run_dir.mkdir(parents=True, exist_ok=True)
-        write_json(run_dir / STARTED, {"key": key})
-    resumed = go_on and (run_dir / CHECKPOINT_DIR).exists()
+    resumed = resume and _started(run_dir) == key and has_checkpoint(run_dir)
+    if not resumed:  # a checkpoint of other settings, or on another machine, is not this run's
+        _start_over(run_dir, key)
     wall = time.perf_counter()
-    recommender, record = _train(model, data, settings, preset, run_dir, options, titles,
-                                 progress, log)
+    try:
+        recommender, record = _train(model, data, settings, preset, run_dir, options, titles,
+                                     progress, log)
+    except RunError as exc:
+        if not resumed:
+            raise
+        # A checkpoint that cannot be resumed (damaged, or written by other code) is not worth
+        # stopping the benchmark for: the run starts over.
+        refused = str(exc)
+        (log or _stderr)(f"benchmark: {model} seed {settings['seed']} cannot go on from its "
+                         f"checkpoint, so it starts over: {refused}")
+        _start_over(run_dir, key)
+        resumed = False
+        recommender, record = _train(model, data, settings, preset, run_dir, options, titles,
+                                     progress, log)
+        record["checkpoint_refused"] = refused
     record = {"seed": settings["seed"], "run": str(run_dir), "commit": commit,
               "date": datetime.now(UTC).isoformat(timespec="seconds"),
               "wall_seconds": time.perf_counter() - wall, "resumed": resumed, **record}
@@ -294,6 +305,12 @@ def _run(
     write_json(run_dir / RECORD, {"key": key, "record": record})
     (run_dir / STARTED).unlink(missing_ok=True)
     return record
+
+
+def _start_over(run_dir: Path, key: dict[str, Any]) -> None:
+    remove_checkpoint(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    write_json(run_dir / STARTED, {"key": key})
 
 
 def _started(run_dir: Path) -> Any:

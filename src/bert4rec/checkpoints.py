@@ -2,62 +2,123 @@
 weights, optimiser slots, random generator states) in ``state.safetensors`` and the rest in
 ``state.json``. BERT4Rec's trainer and the baselines' training loop write one after every epoch,
 so that a run stopped part way resumes where it stopped instead of starting over.
+
+Each file is written atomically, the tensors first; both carry the step they were written at,
+so a run stopped between the two writes is found out rather than resumed from a mixed state.
 """
 
 from __future__ import annotations
 
 import json
-import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import torch
+from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 
 from bert4rec.errors import RunError
-from bert4rec.runs import atomic_write, write_json
+from bert4rec.runs import CHECKPOINT_DIR, CHECKPOINT_META, atomic_write, has_checkpoint, write_json
 
-CHECKPOINT_DIR = "checkpoint"
+__all__ = [
+    "CHECKPOINT_DIR",
+    "check_identity",
+    "has_checkpoint",
+    "named",
+    "optimizer_groups",
+    "optimizer_tensors",
+    "prefixed",
+    "read_checkpoint",
+    "remove_checkpoint",
+    "restore_optimizer",
+    "restore_rng",
+    "restoring",
+    "rng_tensors",
+    "write_checkpoint",
+]
+
 _TENSORS = "state.safetensors"
-_META = "state.json"
+_META = CHECKPOINT_META
 
 
 def write_checkpoint(run_dir: Path, tensors: dict[str, torch.Tensor], meta: dict[str, Any],
                      step: int) -> None:
-    """Write the checkpoint of ``run_dir``: the tensors first, the JSON last (each atomically),
-    so a JSON file always has its tensors beside it."""
+    """Write the checkpoint of ``run_dir`` at training step (or epoch) ``step``."""
     folder = run_dir / CHECKPOINT_DIR
     folder.mkdir(parents=True, exist_ok=True)
     atomic_write(folder / _TENSORS,
                  lambda tmp: save_file(tensors, tmp, metadata={"step": str(step)}))
-    write_json(folder / _META, meta)
+    write_json(folder / _META, {**meta, "checkpoint_step": step})
 
 
 def read_checkpoint(run_dir: Path) -> tuple[dict[str, Any], dict[str, torch.Tensor]] | None:
-    """The JSON and the tensors of ``run_dir``'s checkpoint; ``None`` when it has none."""
+    """The JSON and the tensors of ``run_dir``'s checkpoint; ``None`` when it has none. A
+    damaged checkpoint, or one whose two files are from different steps, is a
+    :class:`RunError`."""
     folder = run_dir / CHECKPOINT_DIR
-    if not (folder / _META).exists():
+    if not has_checkpoint(run_dir):
         return None
+    damaged = f"{folder} is damaged ({{}}); pass --overwrite to start over"
     try:
         meta = json.loads((folder / _META).read_text(encoding="utf-8"))
         tensors = load_file(str(folder / _TENSORS))
-    except (OSError, ValueError) as exc:
-        raise RunError(f"{folder} is damaged ({exc}); remove it to start over") from exc
+        with safe_open(str(folder / _TENSORS), "pt") as handle:
+            written = (handle.metadata() or {}).get("step")
+    except (OSError, ValueError, SafetensorError) as exc:
+        raise RunError(damaged.format(exc)) from exc
     if not isinstance(meta, dict):
-        raise RunError(f"{folder / _META} is damaged (not a JSON object); remove it to start "
-                       "over")
+        raise RunError(damaged.format(f"{_META} is not a JSON object"))
+    if "checkpoint_step" in meta and str(meta["checkpoint_step"]) != written:
+        raise RunError(damaged.format(f"{_META} is of step {meta['checkpoint_step']} but "
+                                      f"{_TENSORS} of step {written}"))
     return meta, tensors
 
 
+def check_identity(meta: dict[str, Any], identity: dict[str, Any], run_dir: Path) -> None:
+    """Refuse to resume a checkpoint whose identity (what was trained: model, settings, data)
+    is not ``identity``; compared as JSON gives it back (a tuple comes back a list)."""
+    if meta.get("identity") != json.loads(json.dumps(identity)):
+        raise RunError(f"{run_dir} holds an unfinished run of another model, other data or "
+                       "other settings; pass --overwrite to start over or choose another "
+                       "--output")
+
+
+@contextmanager
+def restoring(run_dir: Path) -> Iterator[None]:
+    """Around restoring a checkpoint read by :func:`read_checkpoint`: an entry missing or of
+    the wrong shape is a damaged checkpoint, a :class:`RunError`."""
+    try:
+        yield
+    except (KeyError, TypeError, ValueError, RuntimeError) as exc:
+        raise RunError(f"{run_dir / CHECKPOINT_DIR} is damaged ({exc!r}); pass --overwrite to "
+                       "start over") from exc
+
+
 def remove_checkpoint(run_dir: Path) -> None:
-    """Remove ``run_dir``'s checkpoint, if any (a finished run, or one to start over)."""
+    """Remove ``run_dir``'s checkpoint, if any (a finished run, or one to start over),
+    temporary files of a write cut short included."""
     folder = run_dir / CHECKPOINT_DIR
+    if not folder.is_dir():
+        return
     for name in (_TENSORS, _META):
-        path = folder / name
-        if path.exists():
-            os.unlink(path)
-    if folder.exists() and not any(folder.iterdir()):
+        (folder / name).unlink(missing_ok=True)
+    for name in (_TENSORS, _META):
+        for leftover in folder.glob(f".{name}.*.tmp"):
+            leftover.unlink(missing_ok=True)
+    if not any(folder.iterdir()):
         folder.rmdir()
+
+
+def named(tensors: dict[str, torch.Tensor], prefix: str) -> dict[str, torch.Tensor]:
+    """``tensors`` on the CPU with ``prefix`` before each name, for the tensors file."""
+    return {f"{prefix}{k}": v.detach().cpu().contiguous() for k, v in tensors.items()}
+
+
+def prefixed(tensors: dict[str, torch.Tensor], prefix: str) -> dict[str, torch.Tensor]:
+    """The tensors whose names start with ``prefix``, the prefix removed."""
+    return {k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)}
 
 
 def optimizer_tensors(optimizer: torch.optim.Optimizer) -> dict[str, torch.Tensor]:
@@ -80,16 +141,28 @@ def restore_optimizer(optimizer: torch.optim.Optimizer, tensors: dict[str, torch
                       groups: list[dict[str, Any]]) -> None:
     """Load what :func:`optimizer_tensors` and :func:`optimizer_groups` saved."""
     state: dict[int, dict[str, torch.Tensor]] = {}
-    for key, value in tensors.items():
-        if key.startswith("optim."):
-            _, index, slot = key.split(".", 2)
-            state.setdefault(int(index), {})[slot] = value
+    for key, value in prefixed(tensors, "optim.").items():
+        index, slot = key.split(".", 1)
+        state.setdefault(int(index), {})[slot] = value
     current = optimizer.state_dict()["param_groups"]
     for group, saved in zip(current, groups, strict=True):
         group.update({k: v for k, v in saved.items() if k != "params"})
     optimizer.load_state_dict({"state": state, "param_groups": current})
 
 
-def prefixed(tensors: dict[str, torch.Tensor], prefix: str) -> dict[str, torch.Tensor]:
-    """The tensors whose names start with ``prefix``, the prefix removed."""
-    return {k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)}
+def rng_tensors(generator: torch.Generator, device: torch.device) -> dict[str, torch.Tensor]:
+    """Torch's global random state (dropout), ``generator``'s (the data) and, on a GPU, the
+    device's."""
+    tensors = {"rng.torch": torch.get_rng_state(), "rng.data": generator.get_state()}
+    if device.type == "cuda":
+        tensors["rng.cuda"] = torch.cuda.get_rng_state(device)
+    return tensors
+
+
+def restore_rng(tensors: dict[str, torch.Tensor], generator: torch.Generator,
+                device: torch.device) -> None:
+    """Set the random states :func:`rng_tensors` saved."""
+    torch.set_rng_state(tensors["rng.torch"])
+    generator.set_state(tensors["rng.data"])
+    if "rng.cuda" in tensors and device.type == "cuda":
+        torch.cuda.set_rng_state(tensors["rng.cuda"], device)

@@ -22,11 +22,11 @@ from bert4rec.baselines import TRAINABLE
 from bert4rec.benchmark import MODELS as BENCHMARK_MODELS
 from bert4rec.checkpoints import CHECKPOINT_DIR, remove_checkpoint
 from bert4rec.data import FORMATS, Interactions, PrepareOptions, load_interactions
-from bert4rec.errors import Bert4RecError, DataError
+from bert4rec.errors import Bert4RecError, DataError, RunError
 from bert4rec.evaluation import PROTOCOLS, TIE_RULES, evaluate
 from bert4rec.explain import Explanation, explain
 from bert4rec.recommender import recommend
-from bert4rec.runs import check_output, load_model
+from bert4rec.runs import check_output, has_checkpoint, load_model
 from bert4rec.titles import find_titles
 
 MODELS = ("pop", "bert4rec", *TRAINABLE)
@@ -266,8 +266,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="runs trained at a time, each in its own process (default 1); they "
                    "share the machine, so each run's time budget buys less")
     p.add_argument("--resume", action="store_true",
-                   help="reuse the runs already finished in OUTPUT with the same settings; "
-                   "train only the rest")
+                   help="reuse the runs already finished in OUTPUT with the same settings, go "
+                   "on with unfinished ones from their last epoch's checkpoint, train the rest")
     p.add_argument("--tuned", action="append", default=[], type=Path, metavar="FILE",
                    help="train a model with the best settings of its search (a bert4rec tune "
                    "result); the table shows every model's tuning budget (repeatable)")
@@ -367,6 +367,11 @@ def cmd_train(args: argparse.Namespace) -> int:
         return _train_baseline(args, data, options, titles)
     from bert4rec.baselines import fit_pop, save_baseline
 
+    if has_checkpoint(args.output):  # another model's unfinished run
+        if not args.overwrite:
+            raise RunError(f"{args.output} holds an unfinished run; pass --overwrite to "
+                           "replace it or choose another --output")
+        remove_checkpoint(args.output)
     model, result = fit_pop(data, progress=not args.quiet)
     save_baseline(args.output, model, result, data, options, seed=args.seed, titles=titles)
     valid = result.valid_metrics
@@ -400,7 +405,7 @@ def _train_baseline(
                                             progress=not args.quiet, log=log,
                                             run_dir=args.output)
     except KeyboardInterrupt:
-        _interrupted(args.output)
+        _interrupted(args)
         raise
     save_baseline(args.output, model, result, data, options, seed=args.seed, fit=fit,
                   titles=titles)
@@ -412,9 +417,13 @@ def _train_baseline(
     return 0
 
 
-def _interrupted(output: Path) -> None:
-    _say(f"interrupted; the last finished epoch is saved in {output / CHECKPOINT_DIR}. "
-         "Run the same command again to resume.")
+def _interrupted(args: argparse.Namespace) -> None:
+    if not has_checkpoint(args.output):
+        _say("interrupted before the first epoch ended; nothing to resume")
+        return
+    again = " without --overwrite (which starts over)" if args.overwrite else ""
+    _say(f"interrupted; the last finished epoch is saved in {args.output / CHECKPOINT_DIR}. "
+         f"Run the same command again{again} to resume.")
 
 
 def _train_bert4rec(
@@ -432,7 +441,7 @@ def _train_bert4rec(
         result = train(data, preset, args.output, options=options, titles=titles,
                        progress=not args.quiet, log=_say, **overrides)
     except KeyboardInterrupt:
-        _interrupted(args.output)
+        _interrupted(args)
         raise
     state, best = result.state, result.valid_metrics
     _say(f"trained bert4rec: {state.epoch} epochs in {state.elapsed:.0f}s ({state.stopped}); "

@@ -35,6 +35,8 @@ from bert4rec.split import train_sequences
 
 FORMAT_VERSION = 1
 RUN_FILE = "run.json"
+CHECKPOINT_DIR = "checkpoint"  # an unfinished run's checkpoint: see bert4rec.checkpoints
+CHECKPOINT_META = "state.json"  # in CHECKPOINT_DIR, written last
 VOCAB_FILE = "items.json"
 TITLES_FILE = "titles.json"
 WEIGHTS_FILE = "model.safetensors"
@@ -110,9 +112,15 @@ def provenance(seed: int | None = None) -> dict[str, Any]:
     }
 
 
+def has_checkpoint(run_dir: Path) -> bool:
+    """Whether ``run_dir`` holds an unfinished run's checkpoint."""
+    return (run_dir / CHECKPOINT_DIR / CHECKPOINT_META).exists()
+
+
 def check_output(run_dir: Path, overwrite: bool) -> None:
-    """Refuse to replace a finished run unless asked to."""
-    if (run_dir / RUN_FILE).exists() and not overwrite:
+    """Refuse to replace a finished run unless asked to. A finished run beside a checkpoint is
+    being replaced already (an interrupted ``--overwrite``): going on with it is allowed."""
+    if (run_dir / RUN_FILE).exists() and not overwrite and not has_checkpoint(run_dir):
         raise RunError(
             f"{run_dir} already holds a finished run; pass --overwrite or choose another --output"
         )
@@ -162,7 +170,7 @@ def read_run(run_dir: str | Path) -> tuple[RunInfo, dict[str, torch.Tensor]]:
     run_dir = Path(run_dir)
     meta_path = run_dir / RUN_FILE
     if not meta_path.exists():
-        if run_dir.is_dir() and (run_dir / "checkpoint").exists():
+        if has_checkpoint(run_dir):
             raise RunError(
                 f"{run_dir} holds an unfinished training run; resume it with "
                 f"'bert4rec train ... --output {run_dir}' or train again"

@@ -44,11 +44,16 @@ from tqdm import tqdm
 
 from bert4rec.checkpoints import (
     CHECKPOINT_DIR,
+    check_identity,
+    named,
     optimizer_groups,
     optimizer_tensors,
     prefixed,
     read_checkpoint,
     restore_optimizer,
+    restore_rng,
+    restoring,
+    rng_tensors,
     write_checkpoint,
 )
 from bert4rec.data import Interactions
@@ -562,19 +567,12 @@ class Trainer:
 
     def save_checkpoint(self) -> None:
         assert self.run_dir is not None
-        tensors: dict[str, torch.Tensor] = {}
-        for k, v in self.model.state_dict().items():
-            tensors[f"model.{k}"] = v.detach().cpu().contiguous()
-        for k, v in self.best_weights.items():
-            tensors[f"best.{k}"] = v.detach().cpu().contiguous()
+        tensors = {**named(self.model.state_dict(), "model."),
+                   **named(self.best_weights, "best."),
+                   **optimizer_tensors(self.optimizer),
+                   **rng_tensors(self.generator, self.device)}
         if self.average is not None:
-            for k, v in self.average.state_dict().items():
-                tensors[f"average.{k}"] = v.detach().cpu().contiguous()
-        tensors.update(optimizer_tensors(self.optimizer))
-        tensors["rng.torch"] = torch.get_rng_state()
-        tensors["rng.data"] = self.generator.get_state()
-        if self.device.type == "cuda":
-            tensors["rng.cuda"] = torch.cuda.get_rng_state(self.device)
+            tensors.update(named(self.average.state_dict(), "average."))
         meta = {
             "identity": self._identity(),
             "dropout_masks": self.model.dropout_masks.get_state(),
@@ -589,23 +587,18 @@ class Trainer:
         if saved is None:
             return
         meta, tensors = saved
-        if meta.get("identity") != self._identity():
-            raise RunError(
-                f"{self.run_dir} holds an unfinished run with other data or settings; pass "
-                "--overwrite to start over or choose another --output"
-            )
-        self.model.load_state_dict(prefixed(tensors, "model."))
-        self.best_weights = {k: v.to(self.device) for k, v in prefixed(tensors, "best.").items()}
-        if self.average is not None:
-            self.average.load_state_dict(prefixed(tensors, "average."))
-        restore_optimizer(self.optimizer, tensors, meta["param_groups"])
-        torch.set_rng_state(tensors["rng.torch"])
-        self.generator.set_state(tensors["rng.data"])
-        if "dropout_masks" in meta:
-            self.model.dropout_masks.set_state(meta["dropout_masks"])
-        if "rng.cuda" in tensors and self.device.type == "cuda":
-            torch.cuda.set_rng_state(tensors["rng.cuda"], self.device)
-        self.state = TrainState(**meta["state"])
+        check_identity(meta, self._identity(), self.run_dir)
+        with restoring(self.run_dir):
+            self.model.load_state_dict(prefixed(tensors, "model."))
+            self.best_weights = {k: v.to(self.device)
+                                 for k, v in prefixed(tensors, "best.").items()}
+            if self.average is not None:
+                self.average.load_state_dict(prefixed(tensors, "average."))
+            restore_optimizer(self.optimizer, tensors, meta["param_groups"])
+            restore_rng(tensors, self.generator, self.device)
+            if "dropout_masks" in meta:
+                self.model.dropout_masks.set_state(meta["dropout_masks"])
+            self.state = TrainState(**meta["state"])
         self.log(f"resumed from {self.run_dir / CHECKPOINT_DIR} at epoch {self.state.epoch} "
                  f"(step {self.state.step})")
 

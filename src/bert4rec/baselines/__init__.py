@@ -144,7 +144,7 @@ def save_baseline(
 ) -> None:
     """Save a trained baseline as a run directory that ``load_model`` reads back, its training
     record as the run's metrics, and remove the checkpoint its training left there. ``fit`` is
-    ``None`` for POP, which has no training loop."""
+    ``None`` for POP, which has no training loop (and no checkpoint)."""
     metrics: dict[str, Any] = {"valid_full": result.valid_metrics,
                                "train_seconds": round(result.seconds, 3)}
     extra: dict[str, Any] | None = None
@@ -154,7 +154,8 @@ def save_baseline(
         extra = {"fit": asdict(fit), "threads": torch.get_num_threads()}
     save_run(run_dir, model.name, model.config(), model.tensors(), data, options,
              metrics=metrics, seed=seed, titles=titles, extra_provenance=extra)
-    remove_checkpoint(run_dir)
+    if fit is not None:
+        remove_checkpoint(run_dir)
 
 
 def load_baseline(name: str, config: dict[str, Any], tensors: dict[str, torch.Tensor]) -> Any:

@@ -26,16 +26,21 @@ from torch import nn
 from tqdm import tqdm
 
 from bert4rec.checkpoints import (
+    check_identity,
+    named,
     optimizer_groups,
     optimizer_tensors,
     prefixed,
     read_checkpoint,
     restore_optimizer,
+    restore_rng,
+    restoring,
+    rng_tensors,
     write_checkpoint,
 )
 from bert4rec.data import Interactions
 from bert4rec.device import resolve_device
-from bert4rec.errors import ConfigError, RunError
+from bert4rec.errors import ConfigError
 from bert4rec.evaluation import check_valid_users, evaluate, validation_users
 
 
@@ -186,20 +191,15 @@ def fit_loop(
                 "fit": {k: v for k, v in asdict(config).items() if k not in RESUMABLE},
                 "data": data.fingerprint, "examples": num_examples}
     saved = read_checkpoint(run_dir) if run_dir is not None else None
-    if saved is not None:
+    if run_dir is not None and saved is not None:
         meta, tensors = saved
-        if meta.get("identity") != identity:
-            raise RunError(f"{run_dir} holds an unfinished run of another model, other data or "
-                           "other settings; remove its checkpoint folder to start over or "
-                           "choose another output")
-        model.load_state_dict(prefixed(tensors, "model."))
-        best = {k: v.to(model.device) for k, v in prefixed(tensors, "best.").items()}
-        restore_optimizer(optimizer, tensors, meta["param_groups"])
-        torch.set_rng_state(tensors["rng.torch"])
-        generator.set_state(tensors["rng.data"])
-        if "rng.cuda" in tensors and model.device.type == "cuda":
-            torch.cuda.set_rng_state(tensors["rng.cuda"], model.device)
-        result, bad = FitResult(**meta["result"]), meta["bad"]
+        check_identity(meta, identity, run_dir)
+        with restoring(run_dir):
+            model.load_state_dict(prefixed(tensors, "model."))
+            best = {k: v.to(model.device) for k, v in prefixed(tensors, "best.").items()}
+            restore_optimizer(optimizer, tensors, meta["param_groups"])
+            restore_rng(tensors, generator, model.device)
+            result, bad = FitResult(**meta["result"]), int(meta["bad"])
         if log is not None:
             log(f"resumed from the checkpoint in {run_dir} at epoch {result.epochs}")
     trained = result.seconds  # seconds spent in training steps, what the time budget counts
@@ -255,12 +255,7 @@ def fit_loop(
 def _save_checkpoint(run_dir: Path, model: BaselineModel, best: dict[str, torch.Tensor],
                      optimizer: torch.optim.Optimizer, generator: torch.Generator,
                      meta: dict[str, Any]) -> None:
-    tensors = {f"model.{k}": v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
-    tensors.update({f"best.{k}": v.detach().cpu().contiguous() for k, v in best.items()})
-    tensors.update(optimizer_tensors(optimizer))
-    tensors["rng.torch"] = torch.get_rng_state()
-    tensors["rng.data"] = generator.get_state()
-    if model.device.type == "cuda":
-        tensors["rng.cuda"] = torch.cuda.get_rng_state(model.device)
+    tensors = {**named(model.state_dict(), "model."), **named(best, "best."),
+               **optimizer_tensors(optimizer), **rng_tensors(generator, model.device)}
     write_checkpoint(run_dir, tensors, {**meta, "param_groups": optimizer_groups(optimizer)},
                      meta["result"]["epochs"])

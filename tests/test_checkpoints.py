@@ -1,0 +1,142 @@
+"""Checkpoints of unfinished runs: every trainable baseline resumes to the model it would have
+ended with unstopped, and a checkpoint that is damaged, mixed or of another run is refused."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+
+from bert4rec import checkpoints
+from bert4rec.baselines import TRAINABLE, common, train_baseline
+from bert4rec.data import Interactions, prepare_frame
+from bert4rec.errors import RunError
+from bert4rec.synthetic import generate
+
+SMALL: dict[str, Any] = {"epochs": 3, "batch_size": 32, "eval_every": 1, "patience": 0,
+                         "threads": 1, "device": "cpu", "seed": 0, "hidden_size": 16}
+
+
+@pytest.fixture(scope="module")
+def data() -> Interactions:
+    return prepare_frame(generate(num_users=40, num_items=25, min_length=5, max_length=10,
+                                  seed=3))
+
+
+def settings(name: str) -> dict[str, Any]:
+    small = dict(SMALL)
+    if name in ("bpr", "fpmc", "ncf", "caser"):  # no hidden layer to size; embeddings instead
+        small.pop("hidden_size")
+        small["embedding_size"] = 16
+    return small
+
+
+def count_writes(monkeypatch: pytest.MonkeyPatch, stop_at: int | None = None) -> list[int]:
+    """Record the epoch of every checkpoint the baselines write; stop (Ctrl-C) at ``stop_at``."""
+    written: list[int] = []
+    original = checkpoints.write_checkpoint
+
+    def write(run_dir: Path, tensors: Any, meta: dict[str, Any], step: int) -> None:
+        original(run_dir, tensors, meta, step)
+        written.append(step)
+        if step == stop_at:
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(common, "write_checkpoint", write)
+    return written
+
+
+@pytest.mark.parametrize("name", TRAINABLE)
+def test_a_stopped_baseline_resumes_to_the_model_it_would_have_ended_with(
+    name: str, data: Interactions, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    straight, straight_fit, _ = train_baseline(name, data, settings(name))
+    written = count_writes(monkeypatch, stop_at=2)
+    with pytest.raises(KeyboardInterrupt):
+        train_baseline(name, data, settings(name), run_dir=tmp_path)
+    written.clear()
+    lines: list[str] = []
+
+    resumed, resumed_fit, _ = train_baseline(name, data, settings(name), log=lines.append,
+                                             run_dir=tmp_path)
+
+    assert lines[0] == f"resumed from the checkpoint in {tmp_path} at epoch 2"
+    assert written == [3]  # only the third epoch was trained again
+    assert resumed_fit.history == straight_fit.history
+    assert resumed_fit.valid_metrics == straight_fit.valid_metrics
+    for key, value in straight.state_dict().items():
+        assert torch.equal(value, resumed.state_dict()[key]), key
+
+
+def test_more_epochs_go_on_and_other_settings_are_refused(
+    data: Interactions, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    train_baseline("gru4rec+", data, {**SMALL, "epochs": 1}, run_dir=tmp_path)
+    assert checkpoints.read_checkpoint(tmp_path) is not None  # saving the run removes it
+
+    with pytest.raises(RunError, match="unfinished run of another model"):
+        train_baseline("gru4rec+", data, {**SMALL, "epochs": 1, "lr": 0.5}, run_dir=tmp_path)
+    with pytest.raises(RunError, match="unfinished run of another model"):
+        train_baseline("gru4rec", data, {**SMALL, "epochs": 1}, run_dir=tmp_path)
+    written = count_writes(monkeypatch)
+    _, fitted, _ = train_baseline("gru4rec+", data, {**SMALL, "epochs": 2, "patience": 5},
+                                  run_dir=tmp_path)
+    assert written == [2]
+    assert [record["epoch"] for record in fitted.history] == [1, 2]
+
+
+def test_a_finished_checkpoint_trains_no_further(
+    data: Interactions, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Stopped by its time budget, a run is finished even if it is asked for more epochs.
+    train_baseline("fpmc", data, {**settings("fpmc"), "time_budget": 1e-9}, run_dir=tmp_path)
+    written = count_writes(monkeypatch)
+    _, fitted, _ = train_baseline("fpmc", data, {**settings("fpmc"), "time_budget": 1e-9},
+                                  run_dir=tmp_path)
+    assert written == [] and fitted.stopped == "time budget" and fitted.epochs == 1
+
+
+def checkpoint_of(tmp_path: Path) -> Path:
+    checkpoints.write_checkpoint(tmp_path, {"x": torch.zeros(2)}, {"identity": {"a": (1, 2)}},
+                                 step=5)
+    return tmp_path / checkpoints.CHECKPOINT_DIR
+
+
+def test_a_checkpoint_round_trips_and_its_identity_survives_json(tmp_path: Path) -> None:
+    checkpoint_of(tmp_path)
+    saved = checkpoints.read_checkpoint(tmp_path)
+    assert saved is not None
+    meta, tensors = saved
+    assert meta["checkpoint_step"] == 5 and torch.equal(tensors["x"], torch.zeros(2))
+    checkpoints.check_identity(meta, {"a": (1, 2)}, tmp_path)  # a tuple comes back a list
+    with pytest.raises(RunError, match="pass --overwrite"):
+        checkpoints.check_identity(meta, {"a": (1, 3)}, tmp_path)
+
+
+def test_a_damaged_or_mixed_checkpoint_is_a_clear_error(tmp_path: Path) -> None:
+    folder = checkpoint_of(tmp_path)
+    meta = json.loads((folder / "state.json").read_text())
+    (folder / "state.json").write_text(json.dumps({**meta, "checkpoint_step": 4}))
+    mixed = r"state\.json is of step 4 but state\.safetensors of step 5"
+    with pytest.raises(RunError, match=mixed):  # stopped between writing the two files
+        checkpoints.read_checkpoint(tmp_path)
+
+    (folder / "state.safetensors").write_bytes(b"not tensors")
+    with pytest.raises(RunError, match="is damaged"):
+        checkpoints.read_checkpoint(tmp_path)
+    (folder / "state.json").write_text("[1]")
+    with pytest.raises(RunError, match="is damaged"):
+        checkpoints.read_checkpoint(tmp_path)
+    with pytest.raises(RunError, match="is damaged"), checkpoints.restoring(tmp_path):
+        {}["param_groups"]  # an entry missing from the JSON
+
+
+def test_remove_checkpoint_takes_leftovers_of_a_write_cut_short(tmp_path: Path) -> None:
+    folder = checkpoint_of(tmp_path)
+    (folder / ".state.safetensors.abc123.tmp").write_bytes(b"half")
+    checkpoints.remove_checkpoint(tmp_path)
+    assert not folder.exists()
+    checkpoints.remove_checkpoint(tmp_path)  # nothing there: nothing to do
