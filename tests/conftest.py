@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -30,6 +31,35 @@ def _private_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     cache = tmp_path / "cache"
     monkeypatch.setenv("BERT4REC_CACHE", str(cache))
     return cache
+
+
+@pytest.fixture
+def watch_checkpoints(
+    monkeypatch: pytest.MonkeyPatch,
+) -> Callable[[str, list[int]], list[int]]:
+    """``watch_checkpoints(model, stops)``: from now on, the epoch of every checkpoint that
+    ``model``'s trainer (BERT4Rec's, or any baseline's) writes goes into the list returned;
+    just after the one of epoch ``stops[0]``, a Ctrl-C (``stops[0]`` is then taken out)."""
+    from bert4rec import checkpoints
+
+    original = checkpoints.write_checkpoint
+
+    def watch(model: str, stops: list[int]) -> list[int]:
+        written: list[int] = []
+
+        def write(run_dir: Path, tensors: Any, meta: dict[str, Any], step: int) -> None:
+            original(run_dir, tensors, meta, step)
+            written.append(meta["result"]["epochs"] if "result" in meta
+                           else meta["state"]["epoch"])
+            if stops and written[-1] == stops[0]:
+                stops.pop(0)
+                raise KeyboardInterrupt
+
+        trainer = "bert4rec.training" if model == "bert4rec" else "bert4rec.baselines.common"
+        monkeypatch.setattr(f"{trainer}.write_checkpoint", write)
+        return written
+
+    return watch
 
 
 @pytest.fixture

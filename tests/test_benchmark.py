@@ -11,6 +11,7 @@ import statistics
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +28,7 @@ from bert4rec.evaluation import METRICS, evaluate
 from bert4rec.runs import load_model
 from bert4rec.split import train_sequences
 
+Watch = Callable[[str, list[int]], list[int]]  # the watch_checkpoints fixture
 TINY_BERT4REC = ["--set", "bert4rec.hidden_size=16", "--set", "bert4rec.max_len=12"]
 
 
@@ -259,35 +261,16 @@ def test_resume_reuses_finished_runs_and_retrains_changed_ones(
     assert any("1 finished run(s)" in line and "trained again" in line for line in lines)
 
 
-def watch_checkpoints(monkeypatch: pytest.MonkeyPatch, model: str,
-                      stops: list[int]) -> list[int]:
-    """The epoch of every checkpoint ``model``'s training writes from now on; Ctrl-C just after
-    the one of epoch ``stops[0]``, once (the first of ``stops`` is then taken out)."""
-    written: list[int] = []
-    original = checkpoints.write_checkpoint
-
-    def write(run_dir: Path, tensors: Any, meta: dict[str, Any], step: int) -> None:
-        original(run_dir, tensors, meta, step)
-        written.append(meta["result"]["epochs"] if "result" in meta else meta["state"]["epoch"])
-        if stops and written[-1] == stops[0]:
-            stops.pop(0)
-            raise KeyboardInterrupt
-
-    trainer = "bert4rec.training" if model == "bert4rec" else "bert4rec.baselines.common"
-    monkeypatch.setattr(f"{trainer}.write_checkpoint", write)
-    return written
-
-
 @pytest.mark.parametrize("model", ["fpmc", "bert4rec"])
 def test_resume_goes_on_with_an_unfinished_run_from_its_checkpoint(
-    model: str, tmp_path: Path, log_path: Path, monkeypatch: pytest.MonkeyPatch
+    model: str, tmp_path: Path, log_path: Path, watch_checkpoints: Watch
 ) -> None:
     data = load_interactions(log_path)
     tiny = {"bert4rec": {"hidden_size": 16, "max_len": 12}} if model == "bert4rec" else {}
     args: dict[str, Any] = dict(models=[model], seeds=[0], epochs=3, threads=1, negatives=20,
                                 progress=False, log=None, overrides=tiny)
     straight = quality(data, tmp_path / "straight", **args)
-    written = watch_checkpoints(monkeypatch, model, stops=[2])
+    written = watch_checkpoints(model, [2])
     with pytest.raises(KeyboardInterrupt):
         quality(data, tmp_path / "bench", **args)
     run_dir = tmp_path / "bench" / "runs" / f"{model}-seed0"
@@ -308,15 +291,14 @@ def test_resume_goes_on_with_an_unfinished_run_from_its_checkpoint(
 
 
 def test_an_unfinished_run_starts_over_without_resume_or_with_other_settings(
-    tmp_path: Path, log_path: Path, monkeypatch: pytest.MonkeyPatch,
-    capsys: pytest.CaptureFixture[str],
+    tmp_path: Path, log_path: Path, watch_checkpoints: Watch, capsys: pytest.CaptureFixture[str],
 ) -> None:
     data = load_interactions(log_path)
     out = tmp_path / "bench"
     args: dict[str, Any] = dict(models=["fpmc"], seeds=[0], epochs=2, threads=1, negatives=20,
                                 progress=False)
     stops: list[int] = []
-    written = watch_checkpoints(monkeypatch, "fpmc", stops)
+    written = watch_checkpoints("fpmc", stops)
 
     def stopped_after_one_epoch() -> None:
         stops.append(1)

@@ -4,6 +4,7 @@ ended with unstopped, and a checkpoint that is damaged, mixed or of another run 
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -11,11 +12,12 @@ import pytest
 import torch
 
 from bert4rec import checkpoints
-from bert4rec.baselines import TRAINABLE, common, train_baseline
+from bert4rec.baselines import TRAINABLE, train_baseline
 from bert4rec.data import Interactions, prepare_frame
 from bert4rec.errors import RunError
 from bert4rec.synthetic import generate
 
+Watch = Callable[[str, list[int]], list[int]]  # the watch_checkpoints fixture
 SMALL: dict[str, Any] = {"epochs": 3, "batch_size": 32, "eval_every": 1, "patience": 0,
                          "threads": 1, "device": "cpu", "seed": 0, "hidden_size": 16}
 
@@ -34,27 +36,12 @@ def settings(name: str) -> dict[str, Any]:
     return small
 
 
-def count_writes(monkeypatch: pytest.MonkeyPatch, stop_at: int | None = None) -> list[int]:
-    """Record the epoch of every checkpoint the baselines write; stop (Ctrl-C) at ``stop_at``."""
-    written: list[int] = []
-    original = checkpoints.write_checkpoint
-
-    def write(run_dir: Path, tensors: Any, meta: dict[str, Any], step: int) -> None:
-        original(run_dir, tensors, meta, step)
-        written.append(step)
-        if step == stop_at:
-            raise KeyboardInterrupt
-
-    monkeypatch.setattr(common, "write_checkpoint", write)
-    return written
-
-
 @pytest.mark.parametrize("name", TRAINABLE)
 def test_a_stopped_baseline_resumes_to_the_model_it_would_have_ended_with(
-    name: str, data: Interactions, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    name: str, data: Interactions, tmp_path: Path, watch_checkpoints: Watch
 ) -> None:
     straight, straight_fit, _ = train_baseline(name, data, settings(name))
-    written = count_writes(monkeypatch, stop_at=2)
+    written = watch_checkpoints(name, [2])
     with pytest.raises(KeyboardInterrupt):
         train_baseline(name, data, settings(name), run_dir=tmp_path)
     written.clear()
@@ -72,7 +59,7 @@ def test_a_stopped_baseline_resumes_to_the_model_it_would_have_ended_with(
 
 
 def test_more_epochs_go_on_and_other_settings_are_refused(
-    data: Interactions, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    data: Interactions, tmp_path: Path, watch_checkpoints: Watch
 ) -> None:
     train_baseline("gru4rec+", data, {**SMALL, "epochs": 1}, run_dir=tmp_path)
     assert checkpoints.read_checkpoint(tmp_path) is not None  # saving the run removes it
@@ -81,7 +68,7 @@ def test_more_epochs_go_on_and_other_settings_are_refused(
         train_baseline("gru4rec+", data, {**SMALL, "epochs": 1, "lr": 0.5}, run_dir=tmp_path)
     with pytest.raises(RunError, match="unfinished run of another model"):
         train_baseline("gru4rec", data, {**SMALL, "epochs": 1}, run_dir=tmp_path)
-    written = count_writes(monkeypatch)
+    written = watch_checkpoints("gru4rec+", [])
     _, fitted, _ = train_baseline("gru4rec+", data, {**SMALL, "epochs": 2, "patience": 5},
                                   run_dir=tmp_path)
     assert written == [2]
@@ -89,11 +76,11 @@ def test_more_epochs_go_on_and_other_settings_are_refused(
 
 
 def test_a_finished_checkpoint_trains_no_further(
-    data: Interactions, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    data: Interactions, tmp_path: Path, watch_checkpoints: Watch
 ) -> None:
     # Stopped by its time budget, a run is finished even if it is asked for more epochs.
     train_baseline("fpmc", data, {**settings("fpmc"), "time_budget": 1e-9}, run_dir=tmp_path)
-    written = count_writes(monkeypatch)
+    written = watch_checkpoints("fpmc", [])
     _, fitted, _ = train_baseline("fpmc", data, {**settings("fpmc"), "time_budget": 1e-9},
                                   run_dir=tmp_path)
     assert written == [] and fitted.stopped == "time budget" and fitted.epochs == 1

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -197,21 +198,15 @@ def test_train_does_not_replace_a_finished_run(
 
 def test_an_interrupted_baseline_resumes_where_it_stopped(
     tmp_path: Path, log: Path, capsys: pytest.CaptureFixture[str],
-    monkeypatch: pytest.MonkeyPatch,
+    watch_checkpoints: Callable[[str, list[int]], list[int]],
 ) -> None:
     out = tmp_path / "run"
     train = ["train", "--data", str(log), "--model", "fpmc", "--epochs", "3", "--output",
              str(out)]
-    original = checkpoints.write_checkpoint
-
-    def write_then_stop(run_dir: Path, *args: object) -> None:
-        original(run_dir, *args)
-        raise KeyboardInterrupt  # Ctrl-C just after the first epoch's checkpoint
-
-    monkeypatch.setattr("bert4rec.baselines.common.write_checkpoint", write_then_stop)
+    stops = [1]  # Ctrl-C just after the first epoch's checkpoint, each time one is added
+    watch_checkpoints("fpmc", stops)
     assert main(train) == 130
     assert f"the last finished epoch is saved in {out / 'checkpoint'}" in capsys.readouterr().err
-    monkeypatch.undo()
 
     assert main(train) == 0
     err = capsys.readouterr().err
@@ -221,19 +216,17 @@ def test_an_interrupted_baseline_resumes_where_it_stopped(
 
     # Replacing a finished run, stopped: the finished run stays until the new one is done, and
     # the same command without --overwrite goes on with the new one.
-    monkeypatch.setattr("bert4rec.baselines.common.write_checkpoint", write_then_stop)
+    stops.append(1)
     assert main([*train, "--set", "lr=0.01", "--overwrite"]) == 130
     assert "Run the same command again without --overwrite (which starts over) to resume" in \
         capsys.readouterr().err
     assert (out / "run.json").exists()
-    monkeypatch.undo()
     assert main([*train, "--set", "lr=0.01"]) == 0
     assert "resumed from the checkpoint" in capsys.readouterr().err
     assert json.loads((out / "run.json").read_text())["provenance"]["fit"]["lr"] == 0.01
 
-    monkeypatch.setattr("bert4rec.baselines.common.write_checkpoint", write_then_stop)
+    stops.append(1)
     assert main([*train, "--overwrite"]) == 130
-    monkeypatch.undo()
     assert main([*train, "--overwrite"]) == 0  # starts over: nothing resumed
     assert "resumed" not in capsys.readouterr().err
 
