@@ -283,6 +283,7 @@ def test_resume_goes_on_with_an_unfinished_run_from_its_checkpoint(
     (run,) = resumed["results"][model]["runs"]
     (before,) = straight["results"][model]["runs"]
     assert run["resumed"] is True and before["resumed"] is False
+    assert run["started"]["commit"] == run["commit"] and "started" not in before
     assert run["epochs"] == before["epochs"] == 3
     for protocol in ("full", "popularity"):  # seeded: the same model as a run never stopped
         assert run[protocol]["metrics"] == pytest.approx(before[protocol]["metrics"])

@@ -273,9 +273,10 @@ def _run(
     unfinished run there that was started with the same ``key`` goes on from its checkpoint;
     otherwise the run starts over."""
     (run_dir / RECORD).unlink(missing_ok=True)  # a record never outlives the run it describes
-    resumed = resume and _started(run_dir) == key and has_checkpoint(run_dir)
+    started = _started(run_dir)
+    resumed = resume and started.get("key") == key and has_checkpoint(run_dir)
     if not resumed:  # a checkpoint of other settings, or on another machine, is not this run's
-        _start_over(run_dir, key)
+        started = _start_over(run_dir, key, commit)
     wall = time.perf_counter()
     try:
         recommender, record = _train(model, data, settings, preset, run_dir, options, titles,
@@ -288,7 +289,7 @@ def _run(
         refused = str(exc)
         (log or _stderr)(f"benchmark: {model} seed {settings['seed']} cannot go on from its "
                          f"checkpoint, so it starts over: {refused}")
-        _start_over(run_dir, key)
+        started = _start_over(run_dir, key, commit)
         resumed = False
         recommender, record = _train(model, data, settings, preset, run_dir, options, titles,
                                      progress, log)
@@ -296,6 +297,8 @@ def _run(
     record = {"seed": settings["seed"], "run": str(run_dir), "commit": commit,
               "date": datetime.now(UTC).isoformat(timespec="seconds"),
               "wall_seconds": time.perf_counter() - wall, "resumed": resumed, **record}
+    if resumed:  # the training before the interruption: its commit and date
+        record["started"] = {k: started.get(k) for k in ("commit", "date")}
     for protocol in PROTOCOL_NAMES:
         result = evaluate(recommender, data, split="test", protocol=protocol,
                           num_negatives=negatives, seed=NEGATIVE_SEED, progress=progress)
@@ -307,18 +310,22 @@ def _run(
     return record
 
 
-def _start_over(run_dir: Path, key: dict[str, Any]) -> None:
+def _start_over(run_dir: Path, key: dict[str, Any], commit: str) -> dict[str, Any]:
+    """Remove an unfinished run's checkpoint from ``run_dir`` and note the run starting."""
     remove_checkpoint(run_dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    write_json(run_dir / STARTED, {"key": key})
+    started = {"key": key, "commit": commit,
+               "date": datetime.now(UTC).isoformat(timespec="seconds")}
+    write_json(run_dir / STARTED, started)
+    return started
 
 
-def _started(run_dir: Path) -> Any:
-    """The key an unfinished run in ``run_dir`` was started with, or None."""
+def _started(run_dir: Path) -> dict[str, Any]:
+    """How an unfinished run in ``run_dir`` was started (its key, commit and date), or {}."""
     try:
-        return json.loads((run_dir / STARTED).read_text(encoding="utf-8")).get("key")
-    except (OSError, ValueError, AttributeError):
-        return None
+        started = json.loads((run_dir / STARTED).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
+    return started if isinstance(started, dict) else {}
 
 
 def _run_key(model: str, settings: dict[str, Any], preset: str, negatives: int,
