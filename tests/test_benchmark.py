@@ -284,6 +284,9 @@ def test_resume_goes_on_with_an_unfinished_run_from_its_checkpoint(
     (before,) = straight["results"][model]["runs"]
     assert run["resumed"] is True and before["resumed"] is False
     assert run["started"]["commit"] == run["commit"] and "started" not in before
+    markdown = (tmp_path / "bench" / "quality.md").read_text(encoding="utf-8")
+    assert "- Runs resumed from a checkpoint after an interruption: " in markdown
+    assert "resumed from a checkpoint" not in (tmp_path / "straight" / "quality.md").read_text()
     assert run["epochs"] == before["epochs"] == 3
     for protocol in ("full", "popularity"):  # seeded: the same model as a run never stopped
         assert run[protocol]["metrics"] == pytest.approx(before[protocol]["metrics"])

@@ -724,6 +724,13 @@ def render_markdown(report: dict[str, Any]) -> str:
                     if run.get("reused") and run.get("commit") != report["commit"]})
     if older:
         lines.append("- Runs reused from another commit: " + "; ".join(older))
+    resumed = sorted(f"{LABELS[model]} seed {run['seed']} (started at `{run['started']['commit']}`"
+                     f", {run['started']['date']}; resumed at `{run['commit']}`)"
+                     for model in models for run in results[model]["runs"]
+                     if run.get("resumed") and run.get("started"))
+    if resumed:
+        lines.append("- Runs resumed from a checkpoint after an interruption: "
+                     + "; ".join(resumed))
     for model, values in settings["overrides"].items():
         lines.append(f"- {LABELS[model]} settings: {_settings_text(values)}")
     lines += [
