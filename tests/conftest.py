@@ -34,17 +34,15 @@ def _private_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
 
 
 @pytest.fixture
-def watch_checkpoints(
-    monkeypatch: pytest.MonkeyPatch,
-) -> Callable[[str, list[int]], list[int]]:
-    """``watch_checkpoints(model, stops)``: from now on, the epoch of every checkpoint that
-    ``model``'s trainer (BERT4Rec's, or any baseline's) writes goes into the list returned;
-    just after the one of epoch ``stops[0]``, a Ctrl-C (``stops[0]`` is then taken out)."""
+def watch_checkpoints(monkeypatch: pytest.MonkeyPatch) -> Callable[[list[int]], list[int]]:
+    """``watch_checkpoints(stops)``: from now on, the epoch of every checkpoint a trainer
+    (BERT4Rec's, or any baseline's) writes goes into the list returned; just after the one of
+    epoch ``stops[0]``, a Ctrl-C (``stops[0]`` is then taken out)."""
     from bert4rec import checkpoints
 
     original = checkpoints.write_checkpoint
 
-    def watch(model: str, stops: list[int]) -> list[int]:
+    def watch(stops: list[int]) -> list[int]:
         written: list[int] = []
 
         def write(run_dir: Path, tensors: Any, meta: dict[str, Any], step: int) -> None:
@@ -55,8 +53,7 @@ def watch_checkpoints(
                 stops.pop(0)
                 raise KeyboardInterrupt
 
-        trainer = "bert4rec.training" if model == "bert4rec" else "bert4rec.baselines.common"
-        monkeypatch.setattr(f"{trainer}.write_checkpoint", write)
+        monkeypatch.setattr(checkpoints, "write_checkpoint", write)
         return written
 
     return watch

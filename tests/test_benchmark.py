@@ -28,7 +28,7 @@ from bert4rec.evaluation import METRICS, evaluate
 from bert4rec.runs import load_model
 from bert4rec.split import train_sequences
 
-Watch = Callable[[str, list[int]], list[int]]  # the watch_checkpoints fixture
+Watch = Callable[[list[int]], list[int]]  # the watch_checkpoints fixture
 TINY_BERT4REC = ["--set", "bert4rec.hidden_size=16", "--set", "bert4rec.max_len=12"]
 
 
@@ -270,7 +270,7 @@ def test_resume_goes_on_with_an_unfinished_run_from_its_checkpoint(
     args: dict[str, Any] = dict(models=[model], seeds=[0], epochs=3, threads=1, negatives=20,
                                 progress=False, log=None, overrides=tiny)
     straight = quality(data, tmp_path / "straight", **args)
-    written = watch_checkpoints(model, [2])
+    written = watch_checkpoints([2])
     with pytest.raises(KeyboardInterrupt):
         quality(data, tmp_path / "bench", **args)
     run_dir = tmp_path / "bench" / "runs" / f"{model}-seed0"
@@ -302,7 +302,7 @@ def test_an_unfinished_run_starts_over_without_resume_or_with_other_settings(
     args: dict[str, Any] = dict(models=["fpmc"], seeds=[0], epochs=2, threads=1, negatives=20,
                                 progress=False)
     stops: list[int] = []
-    written = watch_checkpoints("fpmc", stops)
+    written = watch_checkpoints(stops)
 
     def stopped_after_one_epoch() -> None:
         stops.append(1)

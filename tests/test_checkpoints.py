@@ -17,7 +17,7 @@ from bert4rec.data import Interactions, prepare_frame
 from bert4rec.errors import RunError
 from bert4rec.synthetic import generate
 
-Watch = Callable[[str, list[int]], list[int]]  # the watch_checkpoints fixture
+Watch = Callable[[list[int]], list[int]]  # the watch_checkpoints fixture
 SMALL: dict[str, Any] = {"epochs": 3, "batch_size": 32, "eval_every": 1, "patience": 0,
                          "threads": 1, "device": "cpu", "seed": 0, "hidden_size": 16}
 
@@ -41,7 +41,7 @@ def test_a_stopped_baseline_resumes_to_the_model_it_would_have_ended_with(
     name: str, data: Interactions, tmp_path: Path, watch_checkpoints: Watch
 ) -> None:
     straight, straight_fit, _ = train_baseline(name, data, settings(name))
-    written = watch_checkpoints(name, [2])
+    written = watch_checkpoints([2])
     with pytest.raises(KeyboardInterrupt):
         train_baseline(name, data, settings(name), run_dir=tmp_path)
     written.clear()
@@ -68,7 +68,7 @@ def test_more_epochs_go_on_and_other_settings_are_refused(
         train_baseline("gru4rec+", data, {**SMALL, "epochs": 1, "lr": 0.5}, run_dir=tmp_path)
     with pytest.raises(RunError, match="unfinished run of another model"):
         train_baseline("gru4rec", data, {**SMALL, "epochs": 1}, run_dir=tmp_path)
-    written = watch_checkpoints("gru4rec+", [])
+    written = watch_checkpoints([])
     _, fitted, _ = train_baseline("gru4rec+", data, {**SMALL, "epochs": 2, "patience": 5},
                                   run_dir=tmp_path)
     assert written == [2]
@@ -80,7 +80,7 @@ def test_a_finished_checkpoint_trains_no_further(
 ) -> None:
     # Stopped by its time budget, a run is finished even if it is asked for more epochs.
     train_baseline("fpmc", data, {**settings("fpmc"), "time_budget": 1e-9}, run_dir=tmp_path)
-    written = watch_checkpoints("fpmc", [])
+    written = watch_checkpoints([])
     _, fitted, _ = train_baseline("fpmc", data, {**settings("fpmc"), "time_budget": 1e-9},
                                   run_dir=tmp_path)
     assert written == [] and fitted.stopped == "time budget" and fitted.epochs == 1

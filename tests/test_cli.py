@@ -198,13 +198,13 @@ def test_train_does_not_replace_a_finished_run(
 
 def test_an_interrupted_baseline_resumes_where_it_stopped(
     tmp_path: Path, log: Path, capsys: pytest.CaptureFixture[str],
-    watch_checkpoints: Callable[[str, list[int]], list[int]],
+    watch_checkpoints: Callable[[list[int]], list[int]],
 ) -> None:
     out = tmp_path / "run"
     train = ["train", "--data", str(log), "--model", "fpmc", "--epochs", "3", "--output",
              str(out)]
     stops = [1]  # Ctrl-C just after the first epoch's checkpoint, each time one is added
-    watch_checkpoints("fpmc", stops)
+    watch_checkpoints(stops)
     assert main(train) == 130
     assert f"the last finished epoch is saved in {out / 'checkpoint'}" in capsys.readouterr().err
 

@@ -42,20 +42,7 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.optim.swa_utils import AveragedModel
 from tqdm import tqdm
 
-from bert4rec.checkpoints import (
-    CHECKPOINT_DIR,
-    check_identity,
-    named,
-    optimizer_groups,
-    optimizer_tensors,
-    prefixed,
-    read_checkpoint,
-    restore_optimizer,
-    restore_rng,
-    restoring,
-    rng_tensors,
-    write_checkpoint,
-)
+from bert4rec import checkpoints
 from bert4rec.data import Interactions
 from bert4rec.device import resolve_device
 from bert4rec.distributed import (
@@ -532,8 +519,8 @@ class Trainer:
         if len(set(steps)) > 1:
             raise RunError(
                 f"the processes resumed at different steps ({', '.join(map(str, steps))}): "
-                f"every one must read {self.run_dir}/{CHECKPOINT_DIR}; on several machines put "
-                "--output on a file system they share"
+                f"every one must read {self.run_dir}/{checkpoints.CHECKPOINT_DIR}; on several "
+                "machines put --output on a file system they share"
             )
 
     def _report(self, record: dict[str, Any]) -> None:
@@ -567,40 +554,40 @@ class Trainer:
 
     def save_checkpoint(self) -> None:
         assert self.run_dir is not None
-        tensors = {**named(self.model.state_dict(), "model."),
-                   **named(self.best_weights, "best."),
-                   **optimizer_tensors(self.optimizer),
-                   **rng_tensors(self.generator, self.device)}
+        tensors = {**checkpoints.named(self.model.state_dict(), "model."),
+                   **checkpoints.named(self.best_weights, "best."),
+                   **checkpoints.optimizer_tensors(self.optimizer),
+                   **checkpoints.rng_tensors(self.generator, self.device)}
         if self.average is not None:
-            tensors.update(named(self.average.state_dict(), "average."))
+            tensors.update(checkpoints.named(self.average.state_dict(), "average."))
         meta = {
             "identity": self._identity(),
             "dropout_masks": self.model.dropout_masks.get_state(),
             "state": asdict(self.state),
-            "param_groups": optimizer_groups(self.optimizer),
+            "param_groups": checkpoints.optimizer_groups(self.optimizer),
         }
-        write_checkpoint(self.run_dir, tensors, meta, self.state.step)
+        checkpoints.write_checkpoint(self.run_dir, tensors, meta, self.state.step)
 
     def _try_resume(self) -> None:
         assert self.run_dir is not None
-        saved = read_checkpoint(self.run_dir)
+        saved = checkpoints.read_checkpoint(self.run_dir)
         if saved is None:
             return
         meta, tensors = saved
-        check_identity(meta, self._identity(), self.run_dir)
-        with restoring(self.run_dir):
-            self.model.load_state_dict(prefixed(tensors, "model."))
+        checkpoints.check_identity(meta, self._identity(), self.run_dir)
+        with checkpoints.restoring(self.run_dir):
+            self.model.load_state_dict(checkpoints.prefixed(tensors, "model."))
             self.best_weights = {k: v.to(self.device)
-                                 for k, v in prefixed(tensors, "best.").items()}
+                                 for k, v in checkpoints.prefixed(tensors, "best.").items()}
             if self.average is not None:
-                self.average.load_state_dict(prefixed(tensors, "average."))
-            restore_optimizer(self.optimizer, tensors, meta["param_groups"])
-            restore_rng(tensors, self.generator, self.device)
+                self.average.load_state_dict(checkpoints.prefixed(tensors, "average."))
+            checkpoints.restore_optimizer(self.optimizer, tensors, meta["param_groups"])
+            checkpoints.restore_rng(tensors, self.generator, self.device)
             if "dropout_masks" in meta:
                 self.model.dropout_masks.set_state(meta["dropout_masks"])
             self.state = TrainState(**meta["state"])
-        self.log(f"resumed from {self.run_dir / CHECKPOINT_DIR} at epoch {self.state.epoch} "
-                 f"(step {self.state.step})")
+        self.log(f"resumed from {self.run_dir / checkpoints.CHECKPOINT_DIR} at epoch "
+                 f"{self.state.epoch} (step {self.state.step})")
 
 
 def _clock(seconds: float) -> str:

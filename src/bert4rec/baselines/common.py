@@ -25,19 +25,7 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
-from bert4rec.checkpoints import (
-    check_identity,
-    named,
-    optimizer_groups,
-    optimizer_tensors,
-    prefixed,
-    read_checkpoint,
-    restore_optimizer,
-    restore_rng,
-    restoring,
-    rng_tensors,
-    write_checkpoint,
-)
+from bert4rec import checkpoints
 from bert4rec.data import Interactions
 from bert4rec.device import resolve_device
 from bert4rec.errors import ConfigError
@@ -190,15 +178,16 @@ def fit_loop(
     identity = {"version": CHECKPOINT_VERSION, "model": model.name, "config": model.config(),
                 "fit": {k: v for k, v in asdict(config).items() if k not in RESUMABLE},
                 "data": data.fingerprint, "examples": num_examples}
-    saved = read_checkpoint(run_dir) if run_dir is not None else None
+    saved = checkpoints.read_checkpoint(run_dir) if run_dir is not None else None
     if run_dir is not None and saved is not None:
         meta, tensors = saved
-        check_identity(meta, identity, run_dir)
-        with restoring(run_dir):
-            model.load_state_dict(prefixed(tensors, "model."))
-            best = {k: v.to(model.device) for k, v in prefixed(tensors, "best.").items()}
-            restore_optimizer(optimizer, tensors, meta["param_groups"])
-            restore_rng(tensors, generator, model.device)
+        checkpoints.check_identity(meta, identity, run_dir)
+        with checkpoints.restoring(run_dir):
+            model.load_state_dict(checkpoints.prefixed(tensors, "model."))
+            best = {k: v.to(model.device)
+                    for k, v in checkpoints.prefixed(tensors, "best.").items()}
+            checkpoints.restore_optimizer(optimizer, tensors, meta["param_groups"])
+            checkpoints.restore_rng(tensors, generator, model.device)
             result, bad = FitResult(**meta["result"]), int(meta["bad"])
         if log is not None:
             log(f"resumed from the checkpoint in {run_dir} at epoch {result.epochs}")
@@ -255,7 +244,9 @@ def fit_loop(
 def _save_checkpoint(run_dir: Path, model: BaselineModel, best: dict[str, torch.Tensor],
                      optimizer: torch.optim.Optimizer, generator: torch.Generator,
                      meta: dict[str, Any]) -> None:
-    tensors = {**named(model.state_dict(), "model."), **named(best, "best."),
-               **optimizer_tensors(optimizer), **rng_tensors(generator, model.device)}
-    write_checkpoint(run_dir, tensors, {**meta, "param_groups": optimizer_groups(optimizer)},
-                     meta["result"]["epochs"])
+    tensors = {**checkpoints.named(model.state_dict(), "model."),
+               **checkpoints.named(best, "best."),
+               **checkpoints.optimizer_tensors(optimizer),
+               **checkpoints.rng_tensors(generator, model.device)}
+    meta = {**meta, "param_groups": checkpoints.optimizer_groups(optimizer)}
+    checkpoints.write_checkpoint(run_dir, tensors, meta, meta["result"]["epochs"])
