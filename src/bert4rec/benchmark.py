@@ -297,7 +297,7 @@ def _run(
     record = {"seed": settings["seed"], "run": str(run_dir), "commit": commit,
               "date": datetime.now(UTC).isoformat(timespec="seconds"),
               "wall_seconds": time.perf_counter() - wall, "resumed": resumed, **record}
-    if resumed:  # the training before the interruption: its commit and date
+    if resumed and started.get("commit"):  # the training before the interruption
         record["started"] = {k: started.get(k) for k in ("commit", "date")}
     for protocol in PROTOCOL_NAMES:
         result = evaluate(recommender, data, split="test", protocol=protocol,
