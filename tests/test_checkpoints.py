@@ -12,9 +12,9 @@ import pytest
 import torch
 
 from bert4rec import checkpoints
-from bert4rec.baselines import TRAINABLE, train_baseline
-from bert4rec.data import Interactions, prepare_frame
-from bert4rec.errors import RunError
+from bert4rec.baselines import TRAINABLE, fit_pop, save_baseline, train_baseline
+from bert4rec.data import Interactions, PrepareOptions, prepare_frame
+from bert4rec.errors import CheckpointError, RunError
 from bert4rec.synthetic import generate
 
 Watch = Callable[[list[int]], list[int]]  # the watch_checkpoints fixture
@@ -112,13 +112,33 @@ def test_a_damaged_or_mixed_checkpoint_is_a_clear_error(tmp_path: Path) -> None:
         checkpoints.read_checkpoint(tmp_path)
 
     (folder / "state.safetensors").write_bytes(b"not tensors")
-    with pytest.raises(RunError, match="is damaged"):
+    with pytest.raises(CheckpointError, match="is damaged"):
         checkpoints.read_checkpoint(tmp_path)
+    checkpoint_of(tmp_path)
     (folder / "state.json").write_text("[1]")
-    with pytest.raises(RunError, match="is damaged"):
+    with pytest.raises(CheckpointError, match=r"state\.json is not a JSON object"):
         checkpoints.read_checkpoint(tmp_path)
     with pytest.raises(RunError, match="is damaged"), checkpoints.restoring(tmp_path):
         {}["param_groups"]  # an entry missing from the JSON
+
+
+def test_a_checkpoint_from_before_the_step_check_is_checked_by_its_progress(
+    tmp_path: Path,
+) -> None:
+    folder = checkpoint_of(tmp_path)  # tensors of step 5
+    for progress in ({"state": {"step": 5}}, {"result": {"epochs": 5}}, {}):
+        (folder / "state.json").write_text(json.dumps(progress))
+        assert checkpoints.read_checkpoint(tmp_path) is not None
+    (folder / "state.json").write_text(json.dumps({"state": {"step": 4}}))
+    with pytest.raises(CheckpointError, match="of step 4 but"):
+        checkpoints.read_checkpoint(tmp_path)
+
+
+def test_saving_pop_leaves_another_models_checkpoint(tmp_path: Path, data: Interactions) -> None:
+    checkpoint_of(tmp_path)
+    model, fitted = fit_pop(data)
+    save_baseline(tmp_path, model, fitted, data, PrepareOptions())
+    assert checkpoints.read_checkpoint(tmp_path) is not None
 
 
 def test_remove_checkpoint_takes_leftovers_of_a_write_cut_short(tmp_path: Path) -> None:

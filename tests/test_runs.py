@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from bert4rec.baselines.pop import PopularityRecommender
-from bert4rec.checkpoints import write_checkpoint
+from bert4rec.checkpoints import mark_replacing, remove_checkpoint, write_checkpoint
 from bert4rec.data import Interactions, PrepareOptions, prepare_frame
 from bert4rec.errors import RunError
 from bert4rec.runs import RUN_FILE, check_output, load_model, read_run, save_run
@@ -105,6 +105,24 @@ def test_unfinished_run_is_refused(tmp_path: Path) -> None:
 
     with pytest.raises(RunError, match="holds an unfinished training run; resume it"):
         read_run(tmp_path)
+
+
+def test_only_training_goes_on_replacing_a_finished_run(tmp_path: Path, tiny: Interactions) -> None:
+    save_pop(tmp_path / "run", tiny)
+    run_dir = tmp_path / "run"
+    write_checkpoint(run_dir, {"x": torch.zeros(1)}, {"identity": {}}, step=1)
+
+    # A checkpoint beside a finished run, not marked as replacing it: the run stays.
+    for resumable in (False, True):
+        with pytest.raises(RunError, match="already holds a finished run"):
+            check_output(run_dir, overwrite=False, resumable=resumable)
+    mark_replacing(run_dir)  # what train --overwrite notes before it starts
+    check_output(run_dir, overwrite=False, resumable=True)
+    with pytest.raises(RunError, match="already holds a finished run"):
+        check_output(run_dir, overwrite=False)  # saving anything else there is still refused
+    remove_checkpoint(run_dir)
+    with pytest.raises(RunError, match="already holds a finished run"):
+        check_output(run_dir, overwrite=False, resumable=True)
 
 
 def test_damaged_run_json_is_refused(tmp_path: Path, tiny: Interactions) -> None:

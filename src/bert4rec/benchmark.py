@@ -41,7 +41,7 @@ import torch
 
 from bert4rec.checkpoints import has_checkpoint, remove_checkpoint
 from bert4rec.data import Interactions, PrepareOptions
-from bert4rec.errors import ConfigError, RunError
+from bert4rec.errors import CheckpointError, ConfigError
 from bert4rec.evaluation import (
     METRICS,
     EvaluationResult,
@@ -281,7 +281,7 @@ def _run(
     try:
         recommender, record = _train(model, data, settings, preset, run_dir, options, titles,
                                      progress, log)
-    except RunError as exc:
+    except CheckpointError as exc:
         if not resumed:
             raise
         # A checkpoint that cannot be resumed (damaged, or written by other code) is not worth
@@ -291,6 +291,7 @@ def _run(
                          f"checkpoint, so it starts over: {refused}")
         started = _start_over(run_dir, key, commit)
         resumed = False
+        wall = time.perf_counter()
         recommender, record = _train(model, data, settings, preset, run_dir, options, titles,
                                      progress, log)
         record["checkpoint_refused"] = refused

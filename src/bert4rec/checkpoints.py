@@ -19,13 +19,22 @@ import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 
-from bert4rec.errors import RunError
-from bert4rec.runs import CHECKPOINT_DIR, CHECKPOINT_META, atomic_write, has_checkpoint, write_json
+from bert4rec.errors import CheckpointError
+from bert4rec.runs import (
+    CHECKPOINT_DIR,
+    CHECKPOINT_META,
+    REPLACING,
+    RUN_FILE,
+    atomic_write,
+    has_checkpoint,
+    write_json,
+)
 
 __all__ = [
     "CHECKPOINT_DIR",
     "check_identity",
     "has_checkpoint",
+    "mark_replacing",
     "named",
     "optimizer_groups",
     "optimizer_tensors",
@@ -56,7 +65,7 @@ def write_checkpoint(run_dir: Path, tensors: dict[str, torch.Tensor], meta: dict
 def read_checkpoint(run_dir: Path) -> tuple[dict[str, Any], dict[str, torch.Tensor]] | None:
     """The JSON and the tensors of ``run_dir``'s checkpoint; ``None`` when it has none. A
     damaged checkpoint, or one whose two files are from different steps, is a
-    :class:`RunError`."""
+    :class:`CheckpointError`."""
     folder = run_dir / CHECKPOINT_DIR
     if not has_checkpoint(run_dir):
         return None
@@ -67,33 +76,48 @@ def read_checkpoint(run_dir: Path) -> tuple[dict[str, Any], dict[str, torch.Tens
         with safe_open(str(folder / _TENSORS), "pt") as handle:
             written = (handle.metadata() or {}).get("step")
     except (OSError, ValueError, SafetensorError) as exc:
-        raise RunError(damaged.format(exc)) from exc
+        raise CheckpointError(damaged.format(exc)) from exc
     if not isinstance(meta, dict):
-        raise RunError(damaged.format(f"{_META} is not a JSON object"))
-    if "checkpoint_step" in meta and str(meta["checkpoint_step"]) != written:
-        raise RunError(damaged.format(f"{_META} is of step {meta['checkpoint_step']} but "
-                                      f"{_TENSORS} of step {written}"))
+        raise CheckpointError(damaged.format(f"{_META} is not a JSON object"))
+    step = _step_of(meta)
+    if step is not None and str(step) != written:
+        raise CheckpointError(damaged.format(f"{_META} is of step {step} but {_TENSORS} of "
+                                             f"step {written}"))
     return meta, tensors
+
+
+def _step_of(meta: dict[str, Any]) -> Any:
+    """The step the JSON was written at; from its progress where it predates
+    ``checkpoint_step`` (BERT4Rec counts steps, the baselines epochs)."""
+    if "checkpoint_step" in meta:
+        return meta["checkpoint_step"]
+    progress = meta.get("state", meta.get("result"))
+    if isinstance(progress, dict):
+        return progress.get("step", progress.get("epochs"))
+    return None
 
 
 def check_identity(meta: dict[str, Any], identity: dict[str, Any], run_dir: Path) -> None:
     """Refuse to resume a checkpoint whose identity (what was trained: model, settings, data)
     is not ``identity``; compared as JSON gives it back (a tuple comes back a list)."""
     if meta.get("identity") != json.loads(json.dumps(identity)):
-        raise RunError(f"{run_dir} holds an unfinished run of another model, other data or "
-                       "other settings; pass --overwrite to start over or choose another "
-                       "--output")
+        raise CheckpointError(f"{run_dir} holds an unfinished run of another model, other data "
+                              "or other settings; pass --overwrite to start over or choose "
+                              "another --output")
 
 
 @contextmanager
 def restoring(run_dir: Path) -> Iterator[None]:
     """Around restoring a checkpoint read by :func:`read_checkpoint`: an entry missing or of
-    the wrong shape is a damaged checkpoint, a :class:`RunError`."""
+    the wrong shape is a damaged checkpoint, a :class:`CheckpointError`. Running out of
+    memory is not."""
     try:
         yield
-    except (KeyError, TypeError, ValueError, RuntimeError) as exc:
-        raise RunError(f"{run_dir / CHECKPOINT_DIR} is damaged ({exc!r}); pass --overwrite to "
-                       "start over") from exc
+    except torch.OutOfMemoryError:
+        raise
+    except (KeyError, TypeError, ValueError, AttributeError, RuntimeError) as exc:
+        raise CheckpointError(f"{run_dir / CHECKPOINT_DIR} is damaged ({exc!r}); pass "
+                              "--overwrite to start over") from exc
 
 
 def remove_checkpoint(run_dir: Path) -> None:
@@ -102,13 +126,22 @@ def remove_checkpoint(run_dir: Path) -> None:
     folder = run_dir / CHECKPOINT_DIR
     if not folder.is_dir():
         return
-    for name in (_TENSORS, _META):
+    for name in (_TENSORS, _META, REPLACING):
         (folder / name).unlink(missing_ok=True)
     for name in (_TENSORS, _META):
         for leftover in folder.glob(f".{name}.*.tmp"):
             leftover.unlink(missing_ok=True)
     if not any(folder.iterdir()):
         folder.rmdir()
+
+
+def mark_replacing(run_dir: Path) -> None:
+    """Note that the training starting in ``run_dir`` replaces the finished run there (asked
+    for with ``--overwrite``), so that, interrupted, it may go on without ``--overwrite``
+    (:func:`bert4rec.runs.check_output`). Nothing is noted where no finished run is."""
+    if (run_dir / RUN_FILE).exists():
+        (run_dir / CHECKPOINT_DIR).mkdir(parents=True, exist_ok=True)
+        (run_dir / CHECKPOINT_DIR / REPLACING).touch()
 
 
 def named(tensors: dict[str, torch.Tensor], prefix: str) -> dict[str, torch.Tensor]:

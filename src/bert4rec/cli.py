@@ -20,7 +20,7 @@ import torch
 from bert4rec import __version__, datasets, distributed
 from bert4rec.baselines import TRAINABLE
 from bert4rec.benchmark import MODELS as BENCHMARK_MODELS
-from bert4rec.checkpoints import CHECKPOINT_DIR, remove_checkpoint
+from bert4rec.checkpoints import CHECKPOINT_DIR, mark_replacing, remove_checkpoint
 from bert4rec.data import FORMATS, Interactions, PrepareOptions, load_interactions
 from bert4rec.errors import Bert4RecError, DataError, RunError
 from bert4rec.evaluation import PROTOCOLS, TIE_RULES, evaluate
@@ -80,7 +80,8 @@ def build_parser() -> argparse.ArgumentParser:
                    f"set name downloaded on first use: {', '.join(datasets.NAMES)}")
     p.add_argument("--model", choices=MODELS, default="pop")
     p.add_argument("--output", required=True, type=Path, help="run directory to write")
-    p.add_argument("--overwrite", action="store_true", help="replace a finished run in --output")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace a finished run in --output, or start an unfinished one over")
     p.add_argument("--seed", type=int, default=0)
     group = p.add_argument_group("training (every model but pop)")
     group.add_argument("--preset", default=None,
@@ -339,7 +340,7 @@ def _load(args: argparse.Namespace, options: PrepareOptions) -> Interactions:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    check_output(args.output, args.overwrite)
+    check_output(args.output, args.overwrite, resumable=True)
     if args.model == "bert4rec":
         from bert4rec.presets import load_preset
 
@@ -399,6 +400,7 @@ def _train_baseline(
 
     if args.overwrite:
         remove_checkpoint(args.output)
+        mark_replacing(args.output)
     log = None if args.quiet else _say
     try:
         model, result, fit = train_baseline(args.model, data, _overrides(args),
@@ -435,6 +437,7 @@ def _train_bert4rec(
     preset = args.preset or "default"
     if args.overwrite and distributed.is_main():
         remove_checkpoint(args.output)
+        mark_replacing(args.output)
     distributed.barrier()  # no process may resume from what rank 0 is removing
     _say(f"training bert4rec, preset {preset}")
     try:

@@ -15,5 +15,9 @@ class RunError(Bert4RecError):
     """A run directory is missing, incomplete, of an unknown format, or does not match the data."""
 
 
+class CheckpointError(RunError):
+    """An unfinished run's checkpoint cannot be resumed: damaged, or of another run."""
+
+
 class ConfigError(Bert4RecError):
     """A configuration, preset or option is invalid."""

@@ -37,6 +37,9 @@ FORMAT_VERSION = 1
 RUN_FILE = "run.json"
 CHECKPOINT_DIR = "checkpoint"  # an unfinished run's checkpoint: see bert4rec.checkpoints
 CHECKPOINT_META = "state.json"  # in CHECKPOINT_DIR, written last
+# In CHECKPOINT_DIR: the unfinished run was started with --overwrite over the finished run
+# beside it, which stays until the new one is saved.
+REPLACING = "replaces-finished-run"
 VOCAB_FILE = "items.json"
 TITLES_FILE = "titles.json"
 WEIGHTS_FILE = "model.safetensors"
@@ -117,10 +120,12 @@ def has_checkpoint(run_dir: Path) -> bool:
     return (run_dir / CHECKPOINT_DIR / CHECKPOINT_META).exists()
 
 
-def check_output(run_dir: Path, overwrite: bool) -> None:
-    """Refuse to replace a finished run unless asked to. A finished run beside a checkpoint is
-    being replaced already (an interrupted ``--overwrite``): going on with it is allowed."""
-    if (run_dir / RUN_FILE).exists() and not overwrite and not has_checkpoint(run_dir):
+def check_output(run_dir: Path, overwrite: bool, resumable: bool = False) -> None:
+    """Refuse to replace a finished run unless asked to. With ``resumable`` (training, which
+    resumes), a finished run that an interrupted ``--overwrite`` was replacing may be replaced
+    by going on with that training."""
+    replacing = has_checkpoint(run_dir) and (run_dir / CHECKPOINT_DIR / REPLACING).exists()
+    if (run_dir / RUN_FILE).exists() and not overwrite and not (resumable and replacing):
         raise RunError(
             f"{run_dir} already holds a finished run; pass --overwrite or choose another --output"
         )
