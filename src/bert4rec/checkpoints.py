@@ -45,6 +45,7 @@ __all__ = [
     "restore_rng",
     "restoring",
     "rng_tensors",
+    "start_over",
     "write_checkpoint",
 ]
 
@@ -142,6 +143,13 @@ def mark_replacing(run_dir: Path) -> None:
     if (run_dir / RUN_FILE).exists():
         (run_dir / CHECKPOINT_DIR).mkdir(parents=True, exist_ok=True)
         (run_dir / CHECKPOINT_DIR / REPLACING).touch()
+
+
+def start_over(run_dir: Path) -> None:
+    """Clear ``run_dir`` for a training asked to start over (``--overwrite``): its checkpoint
+    goes, and a finished run there stays until the new one is saved (:func:`mark_replacing`)."""
+    remove_checkpoint(run_dir)
+    mark_replacing(run_dir)
 
 
 def named(tensors: dict[str, torch.Tensor], prefix: str) -> dict[str, torch.Tensor]:

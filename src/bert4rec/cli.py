@@ -20,7 +20,7 @@ import torch
 from bert4rec import __version__, datasets, distributed
 from bert4rec.baselines import TRAINABLE
 from bert4rec.benchmark import MODELS as BENCHMARK_MODELS
-from bert4rec.checkpoints import CHECKPOINT_DIR, mark_replacing, remove_checkpoint
+from bert4rec.checkpoints import CHECKPOINT_DIR, remove_checkpoint, start_over
 from bert4rec.data import FORMATS, Interactions, PrepareOptions, load_interactions
 from bert4rec.errors import Bert4RecError, DataError, RunError
 from bert4rec.evaluation import PROTOCOLS, TIE_RULES, evaluate
@@ -399,8 +399,7 @@ def _train_baseline(
     from bert4rec.baselines import save_baseline, train_baseline
 
     if args.overwrite:
-        remove_checkpoint(args.output)
-        mark_replacing(args.output)
+        start_over(args.output)
     log = None if args.quiet else _say
     try:
         model, result, fit = train_baseline(args.model, data, _overrides(args),
@@ -436,8 +435,7 @@ def _train_bert4rec(
     overrides = _overrides(args)
     preset = args.preset or "default"
     if args.overwrite and distributed.is_main():
-        remove_checkpoint(args.output)
-        mark_replacing(args.output)
+        start_over(args.output)
     distributed.barrier()  # no process may resume from what rank 0 is removing
     _say(f"training bert4rec, preset {preset}")
     try:
