@@ -90,6 +90,8 @@ def test_unknown_preset_and_setting(
     assert "unknown setting 'hidden'" in capsys.readouterr().err
     assert main([*base, "--set", "hidden_size=10", "--set", "num_heads=3"]) == 2
     assert "not divisible" in capsys.readouterr().err
+    assert main([*base, "--set", "num_heads=0"]) == 2
+    assert "num_heads must be a positive integer" in capsys.readouterr().err
     assert not (tmp_path / "x" / "run.json").exists()
 
 

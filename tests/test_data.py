@@ -50,6 +50,24 @@ def test_pairs_file_keeps_file_order(write_file: WriteFile) -> None:
     assert prepared.num_interactions == 5
 
 
+@pytest.mark.parametrize("comment", ["# a long comment line, with words\n", "#2 words\n", ""])
+def test_pairs_tokens_are_ids_whatever_they_spell(write_file: WriteFile, comment: str) -> None:
+    # 'C#' keeps its '#', 'NA' and 'null' are items, not missing values
+    path = write_file("log.txt", f"u1 C#\n{comment}u1 NA\nu2 null\nu2 a#b\n")
+
+    frame = read_log(path, PrepareOptions(format="pairs"))
+
+    assert frame["user"].tolist() == ["u1", "u1", "u2", "u2"]
+    assert frame["item"].tolist() == ["C#", "NA", "null", "a#b"]
+
+
+def test_pairs_with_three_fields_on_every_line_are_refused(write_file: WriteFile) -> None:
+    path = write_file("log.txt", "u1 a b\nu2 c d\n")
+
+    with pytest.raises(DataError, match=r"log\.txt: line 1: 'u1 a b' expected two fields"):
+        read_log(path, PrepareOptions(format="pairs"))
+
+
 def test_sequences_file(write_file: WriteFile) -> None:
     path = write_file("seqs.txt", "7 30 10 20\n3 10 30\n")
 
@@ -506,11 +524,14 @@ def test_changed_file_or_options_get_new_cache_entries(
     assert len(list((_private_cache / "prepared").glob("*.npz"))) == 3
 
 
-def test_damaged_cache_entry_is_rebuilt(write_file: WriteFile, _private_cache: Path) -> None:
+@pytest.mark.parametrize("damage", ["garbage", "emptied", "truncated"])
+def test_damaged_cache_entry_is_rebuilt(write_file: WriteFile, _private_cache: Path,
+                                        damage: str) -> None:
     path = write_file("log.txt", "u1 a\nu1 b\n")
     first = load_interactions(path, KEEP_ALL)
     (entry,) = (_private_cache / "prepared").glob("*.npz")
-    entry.write_bytes(b"garbage")
+    whole = entry.read_bytes()
+    entry.write_bytes({"garbage": b"garbage", "emptied": b"", "truncated": whole[:60]}[damage])
 
     again = load_interactions(path, KEEP_ALL)
 

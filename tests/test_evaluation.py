@@ -297,6 +297,12 @@ def test_too_few_items_left_to_sample(tiny: Interactions) -> None:
         sample_negatives(tiny, np.arange(4), num_negatives=2)
 
 
+@pytest.mark.parametrize("count", [0, -1])
+def test_no_negatives_is_refused_not_a_perfect_score(tiny: Interactions, count: int) -> None:
+    with pytest.raises(ConfigError, match="--negatives must be at least 1"):
+        sample_negatives(tiny, np.arange(4), num_negatives=count)
+
+
 def test_single_draws_follow_the_weights(medium: Interactions) -> None:
     user, draws = 0, 20_000
     weights = np.arange(medium.num_items + 1, dtype=np.float64)  # item i has weight i

@@ -43,6 +43,24 @@ def test_head_size_must_divide() -> None:
         BERT4RecConfig(num_items=5, hidden_size=10, num_heads=3)
 
 
+@pytest.mark.parametrize(("setting", "message"), [
+    ({"num_heads": 0}, "num_heads must be a positive integer"),
+    ({"hidden_size": "abc"}, "hidden_size must be a positive integer"),
+    ({"hidden_size": -64}, "hidden_size must be a positive integer"),
+    ({"num_layers": 2.5}, "num_layers must be a positive integer"),
+    ({"hidden_dropout": 2}, "hidden_dropout must be at least 0 and below 1"),
+    ({"attention_dropout": -0.1}, "attention_dropout must be at least 0 and below 1"),
+    ({"init_std": 0}, "init_std must be a positive number"),
+])
+def test_settings_out_of_range_are_refused(setting: dict[str, object], message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        BERT4RecConfig(num_items=5, **setting)  # type: ignore[arg-type]
+
+
+def test_numpy_integers_are_integers() -> None:
+    assert BERT4RecConfig(num_items=np.int64(5), hidden_size=np.int32(16)).hidden_size == 16
+
+
 def test_output_is_tied_to_item_embeddings() -> None:
     model = tiny()
     hidden = torch.randn(3, 16)

@@ -9,6 +9,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
+from safetensors.torch import save_file
 
 from bert4rec.baselines.pop import PopularityRecommender
 from bert4rec.checkpoints import mark_replacing, remove_checkpoint, write_checkpoint
@@ -138,6 +139,24 @@ def test_missing_weights_are_refused(tmp_path: Path, tiny: Interactions) -> None
     (tmp_path / "run" / "model.safetensors").unlink()
 
     with pytest.raises(RunError, match="is incomplete or damaged"):
+        load_model(tmp_path / "run")
+
+
+@pytest.mark.parametrize("damage", ["truncated weights", "wrong weights", "no model name"])
+def test_damaged_weights_or_settings_are_refused(tmp_path: Path, tiny: Interactions,
+                                                damage: str) -> None:
+    save_pop(tmp_path / "run", tiny)
+    weights = tmp_path / "run" / "model.safetensors"
+    if damage == "truncated weights":
+        weights.write_bytes(weights.read_bytes()[:20])
+    elif damage == "wrong weights":
+        save_file({"other": torch.zeros(2)}, str(weights))
+    else:
+        meta = json.loads((tmp_path / "run" / RUN_FILE).read_text(encoding="utf-8"))
+        del meta["model"]
+        (tmp_path / "run" / RUN_FILE).write_text(json.dumps(meta), encoding="utf-8")
+
+    with pytest.raises(RunError, match=r"damaged|do not match"):
         load_model(tmp_path / "run")
 
 

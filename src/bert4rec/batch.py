@@ -75,13 +75,18 @@ def score_users(
     """Write the top-k of each user's whole history to ``output`` (.parquet or .csv): columns
     ``user``, ``rank`` (1 = best), ``item`` and ``score``, original ids. Returns the rows
     written; a user with fewer than k eligible items gets fewer rows. ``bf16`` scores under
-    bfloat16 autocast (faster on CPUs with AMX or AVX-512 BF16; near-ties may swap)."""
+    bfloat16 autocast (faster on CPUs with AMX or AVX-512 BF16; near-ties may swap).
+
+    ``data`` may be another log than the run's (newer events, new users): histories are read
+    through the run's catalogue, and items it does not know are left out of them (see
+    :func:`unknown_items`)."""
     kind = FORMATS.get(output.suffix.lower())
     if kind is None:
         raise DataError(f"cannot tell the format of {output}: name it .parquet or .csv")
     if k < 1:
         raise DataError("-k must be at least 1")
     selected = select_users(data, users)
+    to_run = info.vocab.translation(data.vocab)  # data's internal item ids -> the run's
     written = 0
 
     def write(tmp: str) -> None:
@@ -90,7 +95,8 @@ def score_users(
 
         def score(users: np.ndarray) -> pa.Table:
             with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
-                return _score_chunk(model, info, data, users, k, exclude_seen, batch_size)
+                return _score_chunk(model, info, data, to_run, users, k, exclude_seen,
+                                    batch_size)
 
         chunks = (selected[start : start + chunk] for start in range(0, len(selected), chunk))
         try:
@@ -129,10 +135,20 @@ def _ordered(fn: Callable[[T], R], items: Iterator[T], workers: int) -> Iterator
             yield pending.popleft().result()
 
 
-def _score_chunk(model: Recommender, info: RunInfo, data: Interactions, users: np.ndarray,
-                 k: int, exclude_seen: bool, batch_size: int) -> pa.Table:
+def unknown_items(info: RunInfo, data: Interactions) -> tuple[int, int]:
+    """How many of ``data``'s items the run does not know, and how many events they make up:
+    what batch scoring leaves out of the histories."""
+    table = info.vocab.translation(data.vocab)
+    missing = table == 0
+    missing[0] = False
+    return int(missing.sum()), int(missing[data.items].sum())
+
+
+def _score_chunk(model: Recommender, info: RunInfo, data: Interactions, to_run: np.ndarray,
+                 users: np.ndarray, k: int, exclude_seen: bool, batch_size: int) -> pa.Table:
     order = np.argsort(data.lengths[users], kind="stable")  # similar lengths share a batch
-    histories = [data.sequence(int(users[i])).astype(np.int64) for i in order]
+    histories = [to_run[data.sequence(int(users[i]))] for i in order]
+    histories = [h[h > 0] for h in histories]  # unknown to the run: left out
     ids, scores = recommend(model, histories, k=k, exclude_seen=exclude_seen,
                             batch_size=batch_size)
     back = np.empty_like(order)

@@ -623,7 +623,7 @@ def _explanation_text(result: Explanation, rows: int) -> str:
 def _recommend_batch(args: argparse.Namespace) -> int:
     import time
 
-    from bert4rec.batch import read_users, score_users
+    from bert4rec.batch import read_users, score_users, unknown_items
 
     if not args.data:
         raise DataError("--output needs --data: the log whose users to score")
@@ -635,6 +635,10 @@ def _recommend_batch(args: argparse.Namespace) -> int:
     users = read_users(args.users) if args.users is not None else None
     model, info = load_model(args.run)
     data = load_interactions(_data_path(args.data), info.prepare)
+    items, events = unknown_items(info, data)
+    if items:
+        _say(f"{items} of the {data.num_items} items in {args.data} ({events} events) are not "
+             f"in the catalogue of {args.run}: left out of the histories")
     started = time.perf_counter()
     rows = score_users(model, info, data, args.output, users=users, k=args.k,
                        exclude_seen=not args.include_seen, workers=workers,
@@ -718,7 +722,7 @@ def cmd_store_export(args: argparse.Namespace) -> int:
     finally:
         store.close()
     _say(f"wrote {count} events to {args.output}; train on them with "
-         f"'bert4rec train --data {args.output} ...'")
+         f"'bert4rec train --data {args.output} --format pairs ...'")
     return 0
 
 

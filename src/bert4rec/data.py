@@ -22,6 +22,7 @@ import os
 import re
 import tempfile
 import warnings
+import zipfile
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -110,19 +111,33 @@ class ItemVocab:
         index = self.index
         known: list[int] = []
         unknown: list[Any] = []
-        numeric = self.item_ids.dtype.kind in "iu"
         for raw in items:
-            key = raw
-            if numeric and isinstance(raw, str) and _INT_TOKEN.match(raw.strip()):
-                key = int(raw)
-            elif not numeric and not isinstance(raw, str):
-                key = str(raw)
-            found = index.get(key)
+            found = index.get(self._key(raw))
             if found is None:
                 unknown.append(raw)
             else:
                 known.append(found)
         return np.asarray(known, dtype=np.int64), unknown
+
+    def translation(self, other: ItemVocab) -> np.ndarray:
+        """``table[j]`` is this vocabulary's internal id of ``other``'s item ``j``, 0 where this
+        one does not know the item (``table[0]`` is 0, padding to padding)."""
+        if (other.item_ids.dtype.kind == self.item_ids.dtype.kind
+                and np.array_equal(other.item_ids, self.item_ids)):
+            return np.arange(other.num_items + 1, dtype=np.int64)
+        index = self.index
+        table = np.zeros(other.num_items + 1, dtype=np.int64)
+        for j, raw in enumerate(other.item_ids.tolist(), start=1):
+            table[j] = index.get(self._key(raw), 0)
+        return table
+
+    def _key(self, raw: Any) -> Any:
+        """``raw`` as this vocabulary's index spells it: '42' finds item 42, 42 finds '42'."""
+        if self.item_ids.dtype.kind in "iu":
+            if isinstance(raw, str) and _INT_TOKEN.match(raw.strip()):
+                return int(raw)
+            return raw
+        return raw if isinstance(raw, str) else str(raw)
 
     def decode(self, internal: np.ndarray) -> list[Any]:
         """Original ids of internal ids (``1..num_items``)."""
@@ -298,21 +313,25 @@ def _first_bad_line(path: Path, check: Any) -> tuple[int, str] | None:
 
 
 def _read_pairs(path: Path) -> pd.DataFrame:
+    # Every token is an id: no missing-value words ('NA' and 'null' are items too) and no '#'
+    # cut inside an id ('C#'); only lines that start with '#' are comments. pandas reads the
+    # usual file; anything else (long comment lines, a malformed line) goes line by line.
     try:
         frame = pd.read_csv(
-            path, sep=r"\s+", header=None, names=["user", "item"], dtype=str, comment="#",
-            engine="c",
+            path, sep=r"\s+", header=None, names=["user", "item", "extra"], dtype=str,
+            engine="c", na_filter=False,
         )
     except (pd.errors.ParserError, ValueError):
-        frame = None
-    if frame is None or frame["item"].isna().any():
-        bad = _first_bad_line(path, lambda line: len(line.split()) == 2)
-        where = f" line {bad[0]}: {bad[1]!r}" if bad else ""
-        raise DataError(f"{path}:{where} expected two fields 'user item' per line")
-    return _typed_ids(frame)
+        return _read_sequences(path, pairs=True)
+    frame = frame[~frame["user"].str.startswith("#")]
+    if (frame["item"] == "").any() or (frame["extra"] != "").any():
+        return _read_sequences(path, pairs=True)
+    return _typed_ids(frame[["user", "item"]].reset_index(drop=True))
 
 
-def _read_sequences(path: Path) -> pd.DataFrame:
+def _read_sequences(path: Path, pairs: bool = False) -> pd.DataFrame:
+    """'user item1 item2 ...' lines, or with ``pairs`` exactly one item a line; blank lines and
+    lines that start with '#' are skipped."""
     users: list[str] = []
     items: list[str] = []
     with open(path, encoding="utf-8", errors="replace") as f:
@@ -320,6 +339,9 @@ def _read_sequences(path: Path) -> pd.DataFrame:
             tokens = line.split()
             if not tokens or tokens[0].startswith("#"):
                 continue
+            if pairs and len(tokens) != 2:
+                raise DataError(f"{path}: line {number}: {line.strip()[:80]!r} expected two "
+                                "fields 'user item' per line")
             if len(tokens) < 2:
                 raise DataError(
                     f"{path}: line {number}: {line.strip()[:80]!r} has a user but no items; "
@@ -908,8 +930,8 @@ def load_interactions(
     if use_cache and cached.exists():
         try:
             return _load_prepared(cached, source=str(path))
-        except (OSError, ValueError, KeyError):
-            pass  # a damaged cache entry is rebuilt below
+        except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile):
+            pass  # a damaged cache entry (truncated, emptied) is rebuilt below
     frame = read_log(path, options)
     interactions = prepare_frame(frame, options, source=str(path), synthetic=_is_synthetic(path))
     if use_cache:
@@ -931,6 +953,8 @@ def _save_prepared(data: Interactions, path: Path) -> None:
             tmp, offsets=data.offsets, items=data.items, user_ids=_id_array(data.user_ids),
             item_ids=_id_array(data.vocab.item_ids), synthetic=np.array(data.synthetic),
         )
+        with open(tmp, "rb") as f:
+            os.fsync(f.fileno())
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):

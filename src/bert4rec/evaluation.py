@@ -105,6 +105,8 @@ def sample_negatives(
     is what sampling without replacement means. Cost grows with ``num_negatives``, not with the
     catalogue.
     """
+    if num_negatives < 1:
+        raise ConfigError(f"--negatives must be at least 1 (got {num_negatives})")
     num_items = data.num_items
     w = np.ones(num_items + 1) if weights is None else np.array(weights, dtype=np.float64)
     w[0] = 0.0

@@ -21,7 +21,7 @@ from torch import nn
 
 from bert4rec.errors import RunError
 from bert4rec.model import BERT4Rec, inference_tokens
-from bert4rec.runs import RunInfo
+from bert4rec.runs import RunInfo, atomic_write
 
 OPSET = 17
 EXPORT_FORMAT = "bert4rec-onnx-1"
@@ -44,27 +44,31 @@ def export_onnx(model: BERT4Rec, path: str | Path, run: str | Path | None = None
     import onnx
 
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     config = model.config
     model = model.eval()
     example = inference_tokens([np.arange(1, min(config.num_items, 5) + 1)] * 2,
                                config.max_len, config.mask_id, width=config.max_len)
-    with torch.no_grad(), warnings.catch_warnings():
-        # The TorchScript-based exporter: it needs no onnxscript and handles this graph; torch
-        # < 2.15 (the range this package accepts) keeps it, with a deprecation warning.
-        warnings.simplefilter("ignore", DeprecationWarning)
-        torch.onnx.export(
-            _ScoreGraph(model), (example,), str(path), dynamo=False,
-            input_names=["tokens"], output_names=["scores"], opset_version=OPSET,
-            dynamic_axes={"tokens": {0: "batch"}, "scores": {0: "batch"}},
-        )
-    proto = onnx.load(str(path))
     meta = {"format": EXPORT_FORMAT, "num_items": config.num_items, "max_len": config.max_len,
             "mask_id": config.mask_id, "run": str(run or "")}
-    for key, value in meta.items():
-        entry = proto.metadata_props.add()
-        entry.key, entry.value = key, str(value)
-    onnx.save(proto, str(path))
+
+    def write(tmp: str) -> None:
+        with torch.no_grad(), warnings.catch_warnings():
+            # The TorchScript-based exporter: it needs no onnxscript and handles this graph;
+            # torch < 2.15 (the range this package accepts) keeps it, with a deprecation warning.
+            warnings.simplefilter("ignore", DeprecationWarning)
+            torch.onnx.export(
+                _ScoreGraph(model), (example,), tmp, dynamo=False,
+                input_names=["tokens"], output_names=["scores"], opset_version=OPSET,
+                dynamic_axes={"tokens": {0: "batch"}, "scores": {0: "batch"}},
+            )
+        proto = onnx.load(tmp)
+        for key, value in meta.items():
+            entry = proto.metadata_props.add()
+            entry.key, entry.value = key, str(value)
+        onnx.save(proto, tmp)
+
+    # A file a service may be reading is replaced whole, metadata included, or not at all.
+    atomic_write(path, write)
     return path
 
 

@@ -32,7 +32,7 @@ class Preset:
     def model_config(self, num_items: int) -> BERT4RecConfig:
         try:
             return BERT4RecConfig(num_items=num_items, **self.model)
-        except ValueError as exc:
+        except (TypeError, ValueError) as exc:
             raise ConfigError(f"preset {self.name}: {exc}") from exc
 
 

@@ -26,6 +26,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from bert4rec import __version__
@@ -195,8 +196,10 @@ def read_run(run_dir: str | Path) -> tuple[RunInfo, dict[str, torch.Tensor]]:
     try:
         vocab = json.loads((run_dir / VOCAB_FILE).read_text(encoding="utf-8"))
         tensors = load_file(str(run_dir / WEIGHTS_FILE))
-    except (OSError, json.JSONDecodeError) as exc:
+    except (OSError, json.JSONDecodeError, SafetensorError) as exc:
         raise RunError(f"{run_dir} is incomplete or damaged ({exc}); train the run again") from exc
+    if not isinstance(meta.get("model"), str) or not isinstance(vocab, list):
+        raise RunError(f"{run_dir} is damaged (no model name or item list); train the run again")
     info = RunInfo(
         path=run_dir,
         model=meta["model"],
@@ -237,13 +240,18 @@ def _read_titles(run_dir: Path, vocab: list[Any]) -> dict[Any, str]:
 def load_model(run_dir: str | Path) -> tuple[Any, RunInfo]:
     """Rebuild the recommender saved in ``run_dir`` (no training code, no data needed)."""
     info, tensors = read_run(run_dir)
-    if info.model == "bert4rec":
-        from bert4rec.model import BERT4Rec
+    try:
+        if info.model == "bert4rec":
+            from bert4rec.model import BERT4Rec
 
-        return BERT4Rec.from_tensors(info.config, tensors), info
-    from bert4rec.baselines import load_baseline
+            return BERT4Rec.from_tensors(info.config, tensors), info
+        from bert4rec.baselines import load_baseline
 
-    model = load_baseline(info.model, info.config, tensors)
+        model = load_baseline(info.model, info.config, tensors)
+    except (KeyError, TypeError, ValueError, RuntimeError) as exc:
+        # weights that do not fit the saved settings: a damaged or hand-edited run
+        raise RunError(f"{info.path}: the weights do not match the run's settings ({exc}); "
+                       "train the run again") from exc
     if model is None:
         raise RunError(f"{info.path}: unknown model {info.model!r}; is this bert4rec too old?")
     return model, info

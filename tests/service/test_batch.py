@@ -38,6 +38,26 @@ def test_every_user_to_a_file(tiny_run: TinyRun, tmp_path: Path, suffix: str,
     assert got["score"].to_numpy() == pytest.approx(want["score"].to_numpy(), rel=1e-5)
 
 
+def test_another_log_is_read_through_the_runs_catalogue(
+        tiny_run: TinyRun, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    # Newer events: other users, an item the run never saw, fewer items (other internal ids).
+    log = tmp_path / "newer.txt"
+    log.write_text("n1 30\nn1 999\nn1 5\nn1 17\nn2 1000\nn3 2\nn3 3\n", encoding="utf-8")
+    out = tmp_path / "recs.parquet"
+
+    code = main(["recommend", "--run", str(tiny_run.path), "--data", str(log),
+                 "--output", str(out), "-k", "3"])
+
+    assert code == 0
+    assert "2 of the 7 items in" in capsys.readouterr().err  # 999 and 1000
+    model, info = load_model(tiny_run.path)
+    histories = [info.vocab.encode(items)[0] for items in ([30, 999, 5, 17], [1000], [2, 3])]
+    ids, _ = recommend(model, histories, k=3)
+    got = pd.read_parquet(out)
+    assert got["user"].tolist() == ["n1"] * 3 + ["n2"] * 3 + ["n3"] * 3
+    assert got["item"].tolist() == [item for row in ids for item in info.vocab.decode(row)]
+
+
 def test_chunks_and_a_user_list(tiny_run: TinyRun, tmp_path: Path) -> None:
     from bert4rec.batch import score_users
 

@@ -70,3 +70,23 @@ def test_cli_export(tiny_run: TinyRun, tmp_path: Path, capsys: pytest.CaptureFix
     OnnxRecommender(out)
     assert main(["export", "--run", str(tmp_path), "--output", str(out)]) == 2
     assert "not a run directory" in capsys.readouterr().err
+
+
+def test_a_failed_export_leaves_the_old_file_whole(tiny_run: TinyRun, onnx_file: Path,
+                                                   tmp_path: Path,
+                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    import onnx
+
+    served = tmp_path / "served.onnx"
+    served.write_bytes(onnx_file.read_bytes())
+    model, _ = load_model(tiny_run.path)
+
+    def interrupted(*args: object, **kwargs: object) -> None:
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(onnx, "save", interrupted)  # after the graph, before the metadata
+    with pytest.raises(KeyboardInterrupt):
+        export_onnx(model, served)
+
+    assert served.read_bytes() == onnx_file.read_bytes()
+    assert [p.name for p in tmp_path.iterdir()] == ["served.onnx"]

@@ -147,3 +147,28 @@ def test_postgres_reconnects_after_losing_its_connection(pg_url: str) -> None:
         store.history("u1")  # the service answers this one with a 503
     assert store.history("u1") == ["1"]  # and the next call reconnects
     store.close()
+
+
+def test_close_closes_every_threads_connection(tmp_path: Path) -> None:
+    import os
+
+    path = tmp_path / "events.sqlite3"
+    store = open_store(str(path))
+
+    def open_files() -> int:
+        fds = Path("/proc/self/fd")
+        return sum(1 for fd in fds.iterdir()
+                   if os.path.realpath(fd).startswith(str(path.resolve())))
+
+    threads = [threading.Thread(target=store.append, args=(f"u{w}", ["1"])) for w in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert open_files() > 0
+    store.close()
+
+    assert open_files() == 0
+    reopened = open_store(str(path))
+    assert reopened.history("u3") == ["1"]  # nothing lost, the file reopens
+    reopened.close()

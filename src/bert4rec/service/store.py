@@ -106,6 +106,8 @@ class SQLiteStore:
         self.url = f"sqlite:///{self.path}"
         self.timeout = timeout
         self._local = threading.local()
+        self._lock = threading.Lock()
+        self._connections: list[sqlite3.Connection] = []  # every thread's, for close()
         if not self.path.parent.is_dir():
             raise ConfigError(f"cannot create the event store {self.path}: "
                               f"{self.path.parent} is not a folder")
@@ -126,6 +128,8 @@ class SQLiteStore:
             except sqlite3.Error as exc:
                 raise ConfigError(f"cannot open the event store {self.path}: {exc}") from exc
             self._local.conn = conn
+            with self._lock:
+                self._connections.append(conn)
         return conn
 
     def _write(self, rows: Iterable[tuple[str, str]]) -> int:
@@ -183,10 +187,11 @@ class SQLiteStore:
         self._connect().execute("SELECT 1").fetchone()
 
     def close(self) -> None:
-        conn = getattr(self._local, "conn", None)
-        if conn is not None:
-            conn.close()
-            self._local.conn = None
+        with self._lock:
+            for conn in self._connections:
+                conn.close()
+            self._connections.clear()
+        self._local = threading.local()
 
 
 # ----------------------------------------------------------------------------------------------
