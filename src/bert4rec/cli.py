@@ -655,6 +655,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     import uvicorn
 
     from bert4rec.service import create_app
+    from bert4rec.service.store import redact
 
     if args.threads < 1 or args.max_batch < 1 or args.max_wait_ms < 0:
         raise DataError("--threads and --max-batch must be at least 1, --max-wait-ms >= 0")
@@ -668,7 +669,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
                      bf16=args.precision == "bf16")
     served = app.state.service.served
     _say(f"serving {served.source} ({served.backend}, {served.info.vocab.num_items} items) on "
-         f"http://{args.host}:{args.port}; events in {args.db.split('@')[-1]}")
+         f"http://{args.host}:{args.port}; events in {redact(str(args.db))}")
     # What is loaded now lives as long as the process: keep the garbage collector from
     # walking it again and again (each full collection pauses every request in flight).
     gc.collect()

@@ -495,7 +495,8 @@ def explain(
 
     Unknown history items are skipped and listed in ``skipped``. Raises
     :class:`~bert4rec.errors.DataError` for an empty history (after skipping), an item the
-    model does not know, an item inside the history, or ``k < 1``."""
+    model does not know, an item inside the history, a history holding every item (nothing
+    is recommended), or ``k < 1``."""
     model = _check_model(model)
     if k < 1:
         raise DataError("k must be at least 1")
@@ -511,6 +512,9 @@ def explain(
     if item is None:
         ids, _ = recommend(model, [encoded], k=1)
         target = int(ids[0, 0])
+        if target == 0:  # no eligible item: recommend pads with 0
+            raise DataError("every item the model knows is in the history; nothing is "
+                            "recommended, so there is nothing to explain")
     else:
         found, _ = info.vocab.encode([item])
         if not len(found):

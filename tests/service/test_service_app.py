@@ -140,6 +140,31 @@ def test_stateful_events_and_recommendations(client: TestClient, tiny_run: TinyR
     assert body["fallback"] == "popularity" and len(body["items"]) == 10
 
 
+@pytest.mark.parametrize(("path", "text", "status"), [
+    ("/recommend", '{"history": [1], "k": Infinity}', 422),
+    ("/recommend", '{"history": [NaN]}', 422),
+    ("/users/u1/events", '{"items": [NaN]}', 422),
+    ("/explain", '{"history": [1], "item": -Infinity}', 422),
+    ("/recommend", '{not json', 400),
+])
+def test_bodies_json_cannot_answer_get_a_4xx(sqlite_client: TestClient, path: str, text: str,
+                                             status: int) -> None:
+    response = sqlite_client.post(path, content=text,
+                                  headers={"content-type": "application/json"})
+    assert response.status_code == status, response.text
+    if status == 400:
+        assert "the body is not valid JSON" in response.json()["detail"]
+    assert sqlite_client.get("/users/u1/events").json()["items"] == []
+
+
+@pytest.mark.parametrize("item", [True, False])
+def test_an_item_must_be_an_integer_or_a_token(sqlite_client: TestClient, item: Any) -> None:
+    response = sqlite_client.post("/users/u1/events", json={"items": [item]})
+    assert response.status_code == 422
+    assert sqlite_client.post("/recommend", json={"history": [item]}).status_code == 422
+    assert sqlite_client.get("/users/u1/events").json()["items"] == []
+
+
 def test_stateful_bad_input(sqlite_client: TestClient) -> None:
     assert sqlite_client.post("/users/a%20b/events", json={"items": [1]}).status_code == 422
     response = sqlite_client.post("/users/bob/events", json={"items": []})

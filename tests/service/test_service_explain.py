@@ -10,6 +10,7 @@ import pytest
 from conftest import TITLES, TinyRun
 from fastapi.testclient import TestClient
 
+from bert4rec.errors import DataError
 from bert4rec.explain import explain
 from bert4rec.runs import load_model
 from bert4rec.service import create_app
@@ -74,6 +75,7 @@ def test_explain_plots_are_png_data_urls(client: TestClient) -> None:
     ({"history": [3, "x"], "item": "unknown-item"}, 404, "not known to the model"),
     ({"history": [3, 7], "item": 7}, 409, "in the history"),
     ({"history": [3, 7], "item": "7"}, 409, "in the history"),
+    ({"history": list(range(1, 31))}, 409, "every item the model knows is in the history"),
 ])
 def test_explain_refuses_what_it_cannot_explain(client: TestClient, body: dict[str, object],
                                                 status: int, says: str) -> None:
@@ -88,6 +90,12 @@ def test_explain_refuses_what_it_cannot_explain(client: TestClient, body: dict[s
 ])
 def test_explain_validates_its_body(client: TestClient, body: dict[str, object]) -> None:
     assert client.post("/explain", json=body).status_code == 422
+
+
+def test_explain_of_a_history_holding_every_item_says_so(tiny_run: TinyRun) -> None:
+    model, info = load_model(tiny_run.path)
+    with pytest.raises(DataError, match="every item the model knows is in the history"):
+        explain(model, info, list(range(1, tiny_run.data.num_items + 1)))
 
 
 def test_users_are_listed_in_natural_order(client: TestClient) -> None:

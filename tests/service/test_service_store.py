@@ -16,6 +16,7 @@ from bert4rec.service.store import (
     export_pairs,
     import_interactions,
     open_store,
+    redact,
 )
 
 
@@ -172,3 +173,14 @@ def test_close_closes_every_threads_connection(tmp_path: Path) -> None:
     reopened = open_store(str(path))
     assert reopened.history("u3") == ["1"]  # nothing lost, the file reopens
     reopened.close()
+
+
+@pytest.mark.parametrize(("url", "shown"), [
+    ("postgresql://pg:secret@db:5432/events", "postgresql://pg:***@db:5432/events"),
+    ("postgresql://db/events?user=pg&password=secret&sslmode=require",
+     "postgresql://db/events?user=pg&password=***&sslmode=require"),
+    ("postgresql://pg@db/events", "postgresql://pg@db/events"),
+    ("sqlite:////var/lib/events.sqlite3", "sqlite:////var/lib/events.sqlite3"),
+])
+def test_passwords_are_never_shown(url: str, shown: str) -> None:
+    assert redact(url) == shown

@@ -15,6 +15,7 @@ import asyncio
 import base64
 import contextlib
 import logging
+import math
 import re
 import signal
 from collections.abc import AsyncIterator, Callable
@@ -22,8 +23,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any, TypeVar
 
-from fastapi import FastAPI, HTTPException, Query
+from fastapi import FastAPI, HTTPException, Query, Request
 from fastapi import Path as PathParam
+from fastapi.encoders import jsonable_encoder
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, RedirectResponse
 from fastapi.staticfiles import StaticFiles
 from starlette.concurrency import run_in_threadpool
@@ -49,7 +52,7 @@ from bert4rec.service.schemas import (
     UserEvents,
     UserList,
 )
-from bert4rec.service.store import EventStore, open_store
+from bert4rec.service.store import EventStore, open_store, redact
 
 log = logging.getLogger("bert4rec.service")
 T = TypeVar("T")
@@ -65,8 +68,9 @@ CANNOT_EXPLAIN: dict[int | str, dict[str, Any]] = {
     404: {"model": Problem, "description": "No item of the history is known to the model "
           "(nothing to remove, so nothing to explain), or `item` is not; `detail` lists "
           "them."},
-    409: {"model": Problem, "description": "`item` is in the history: explanations are for "
-          "items the model would recommend, which exclude the history."}}
+    409: {"model": Problem, "description": "`item` is in the history (or, without `item`, "
+          "every item is): explanations are for items the model would recommend, which "
+          "exclude the history."}}
 WEB = Path(__file__).parent / "web"
 
 
@@ -134,6 +138,18 @@ def create_app(
                   description="BERT4Rec recommendations for item histories and stored users.")
     app.state.service = state
 
+    @app.exception_handler(RequestValidationError)
+    async def invalid_request(request: Request, exc: RequestValidationError) -> JSONResponse:
+        """422 saying what is wrong, or 400 for a body that is not JSON (as documented). A
+        value JSON cannot carry (NaN, Infinity) is quoted as text, not a failed answer."""
+        errors = exc.errors()
+        broken = next((e for e in errors if e.get("type") == "json_invalid"), None)
+        if broken is not None:
+            reason = (broken.get("ctx") or {}).get("error", "")
+            return JSONResponse({"detail": f"the body is not valid JSON ({reason}); send a "
+                                 "JSON object"}, status_code=400)
+        return JSONResponse({"detail": _json_safe(jsonable_encoder(errors))}, status_code=422)
+
     async def store_call(fn: Callable[..., T], *args: Any) -> T:
         """Run a blocking store call on a worker thread; a database failure is a 503."""
         try:
@@ -169,7 +185,7 @@ def create_app(
             return JSONResponse(Ready(status="unavailable", problem=f"event store: {exc}")
                                 .model_dump(), status_code=503)
         return Ready(status="ready", model=ModelInfo(**served.describe()),
-                     store=state.store.url.split("@")[-1])
+                     store=redact(state.store.url))
 
     @app.get("/model", response_model=ModelInfo, tags=["operations"])
     async def model_info() -> ModelInfo:
@@ -272,6 +288,17 @@ def _response(result: Recommendation, user: str | None) -> Recommendations:
                            user=user)
 
 
+def _json_safe(value: Any) -> Any:
+    """``value`` with every NaN or infinite float replaced by its text."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return repr(value)
+    if isinstance(value, dict):
+        return {key: _json_safe(v) for key, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_json_safe(v) for v in value]
+    return value
+
+
 def _explanation(served: ServedModel, body: ExplainRequest) -> ExplanationOut:
     from bert4rec.explain import explain
 
@@ -291,6 +318,9 @@ def _explanation(served: ServedModel, body: ExplainRequest) -> ExplanationOut:
             raise HTTPException(409, f"item {body.item!r} is in the history; explanations "
                                 "are for items the model would recommend, which exclude "
                                 "the history")
+    elif len(set(known.tolist())) >= vocab.num_items:
+        raise HTTPException(409, "every item the model knows is in the history; nothing is "
+                            "recommended, so there is nothing to explain")
     result = explain(served.model, served.info, body.history, item=body.item, k=body.k,
                      max_steps=body.max_steps, precision="bf16" if served.bf16 else "fp32")
     plots = None

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Annotated, Any
 
-from pydantic import BaseModel, ConfigDict, Field, StringConstraints
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, StringConstraints
 
 MAX_K = 1000
 MAX_HISTORY = 10_000
@@ -16,8 +16,19 @@ USER_PATTERN = r"^[A-Za-z0-9_.:@~+-]{1,128}$"
 ITEM_PATTERN = r"^[!-~]{1,128}$"
 
 ItemText = Annotated[str, StringConstraints(min_length=1, max_length=128, pattern=ITEM_PATTERN)]
-# Integers a JSON client represents exactly (2**53), whatever its language.
-ItemInt = Annotated[int, Field(ge=-(2**53), le=2**53)]
+
+
+def _not_a_bool(value: Any) -> Any:
+    # JSON true is not item 1: a malformed item would be stored as a real one. (1.0 is: JSON
+    # Schema counts it as an integer.)
+    if isinstance(value, bool):
+        raise ValueError("an item id is an integer or a token, not true or false")
+    return value
+
+
+# Integers a JSON client represents exactly (2**53), whatever its language. The bounds come
+# before the validator: after it, the published JSON schema would lose them.
+ItemInt = Annotated[int, Field(ge=-(2**53), le=2**53), BeforeValidator(_not_a_bool)]
 # An item id as the data has it: an integer or a token without spaces. "42" and 42 are one item.
 ItemId = ItemInt | ItemText
 

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import sqlite3
 import threading
+import urllib.parse
 from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any, Protocol
@@ -232,7 +233,7 @@ class PostgresStore:
                 conn = psycopg.connect(self.url, autocommit=True,
                                        connect_timeout=self.connect_timeout)
             except psycopg.Error as exc:
-                raise ConfigError(f"cannot connect to the event store {_redact(self.url)}: "
+                raise ConfigError(f"cannot connect to the event store {redact(self.url)}: "
                                   f"{str(exc).strip()}") from exc
             conn.execute("SET synchronous_commit = on")
             self._local.conn = conn
@@ -296,13 +297,21 @@ class PostgresStore:
         self._local = threading.local()
 
 
-def _redact(url: str) -> str:
-    """``url`` without its password, for messages."""
-    head, sep, tail = url.partition("@")
-    if not sep or ":" not in head.split("//", 1)[-1]:
-        return url
-    scheme, _, credentials = head.partition("//")
-    return f"{scheme}//{credentials.split(':', 1)[0]}:***@{tail}"
+def redact(url: str) -> str:
+    """``url`` with its password shown as ``***``, wherever it is (``user:password@host`` or a
+    ``password=`` parameter), for messages and status pages."""
+    parts = urllib.parse.urlsplit(url)
+    user, at, host = parts.netloc.rpartition("@")
+    pairs = urllib.parse.parse_qsl(parts.query, keep_blank_values=True)
+    hidden = [key.lower() == "password" for key, _ in pairs]
+    if not (at and ":" in user) and not any(hidden):
+        return url  # nothing to hide: unchanged (an SQLite path keeps its slashes)
+    if at and ":" in user:
+        user = user.split(":", 1)[0] + ":***"
+    query = urllib.parse.urlencode(
+        [(key, "***" if hide else value) for (key, value), hide in zip(pairs, hidden, strict=True)],
+        safe="*")
+    return urllib.parse.urlunsplit(parts._replace(netloc=f"{user}{at}{host}", query=query))
 
 
 def export_pairs(store: EventStore, path: Path) -> int:
