@@ -374,7 +374,7 @@ def test_validation_on_a_fixed_sample_of_users(
 
 @pytest.mark.parametrize("count", [0, -1, 10.0, True])
 def test_a_bad_valid_users_is_refused_before_training(count: Any) -> None:
-    with pytest.raises(ConfigError, match="valid_users must be a whole number >= 1"):
+    with pytest.raises(ConfigError, match="valid_users must be a whole number"):
         FitConfig(valid_users=count)
 
 

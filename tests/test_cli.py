@@ -379,3 +379,61 @@ def test_module_entry_point_prints_help() -> None:
     assert done.stdout.startswith("usage: bert4rec")
     for command in ("train", "evaluate", "recommend", "synthetic"):
         assert command in done.stdout
+
+
+@pytest.mark.parametrize(("model", "extra", "says"), [
+    ("pop", ["--epochs", "5"], "pop counts items and has no training settings; drop --epochs"),
+    ("pop", ["--set", "foo=bar"], "drop --set"),
+    ("bpr", ["--epochs", "0"], "epochs must be at least 1"),
+    ("bpr", ["--set", "eval_every=0"], "eval_every must be at least 1"),
+    ("sasrec", ["--set", "hidden_size=abc"], "hidden_size must be a whole number"),
+])
+def test_training_flags_are_checked_before_training(
+    tmp_path: Path, log: Path, capsys: pytest.CaptureFixture[str], model: str,
+    extra: list[str], says: str,
+) -> None:
+    out = tmp_path / "run"
+    assert main(["train", "--model", model, "--data", str(log), "--output", str(out),
+                 *extra]) == 2
+    assert says in capsys.readouterr().err
+    assert not (out / "run.json").exists()
+
+
+def test_outputs_under_a_file_are_refused_before_the_work(
+    run: Path, log: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    blocker = tmp_path / "notes.txt"
+    blocker.write_text("mine", encoding="utf-8")
+    commands = [
+        ["train", "--data", str(log), "--output", str(blocker / "run")],
+        ["evaluate", "--run", str(run), "--data", str(log), "--per-user",
+         str(blocker / "pu.csv")],
+        ["recommend", "--run", str(run), "--data", str(log), "--output",
+         str(blocker / "r.csv")],
+    ]
+    for command in commands:
+        assert main(command) == 2
+        assert "notes.txt is a file, not a folder" in capsys.readouterr().err
+    assert blocker.read_text(encoding="utf-8") == "mine"
+
+
+def test_evaluating_users_too_short_to_split_is_an_error(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    short = tmp_path / "short.txt"
+    short.write_text("u1 a\nu1 b\nu2 a\nu2 c\nu3 b\n", encoding="utf-8")
+    out = tmp_path / "run"
+    assert main(["train", "--data", str(short), "--output", str(out),
+                 "--min-user-count", "0"]) == 0
+    capsys.readouterr()
+    assert main(["evaluate", "--run", str(out), "--data", str(short),
+                 "--min-user-count", "0"]) == 2
+    assert "three or more items" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("items", ["3", "30"])
+def test_synthetic_fits_small_catalogues(tmp_path: Path, items: str) -> None:
+    out = tmp_path / "syn.csv"
+    assert main(["synthetic", "--output", str(out), "--users", "20", "--items", items]) == 0
+    assert out.exists()
+    assert main(["synthetic", "--output", str(tmp_path / "no.csv"), "--users", "-1"]) == 2

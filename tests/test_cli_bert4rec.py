@@ -143,3 +143,40 @@ def test_baselines_refuse_bert4rec_only_options(
     assert main(["train", "--model", "sasrec", "--data", str(log_path), "--output",
                  str(tmp_path / "x"), "--set", "nope=1"]) == 2
     assert "unknown" in capsys.readouterr().err
+
+
+def test_epochs_and_seed_flags_win_over_the_preset(
+    tmp_path: Path, log_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # ml-1m-paper counts 400,000 steps; --epochs replaces that count with epochs.
+    small = ["--set", "hidden_size=16", "--set", "max_len=12", "--set", "batch_size=64",
+             "--threads", "1", "--quiet"]
+    run = tmp_path / "paper"
+    assert main(["train", "--model", "bert4rec", "--preset", "ml-1m-paper", "--epochs", "1",
+                 "--data", str(log_path), "--output", str(run), *small]) == 0
+    meta = json.loads((run / "run.json").read_text())
+    assert meta["metrics"]["epochs"] == 1
+
+    seeded = tmp_path / "seeded"
+    assert main(["train", "--model", "bert4rec", "--preset", "demo", "--set", "epochs=1",
+                 "--set", "seed=5", "--data", str(log_path), "--output", str(seeded),
+                 *small]) == 0
+    assert json.loads((seeded / "run.json").read_text())["provenance"]["seed"] == 5
+
+
+@pytest.mark.parametrize(("setting", "says"), [
+    (["--set", "epochs=abc"], "epochs must be a whole number, not 'abc'"),
+    (["--set", "lr=-1"], "lr must be at least 0"),
+    (["--threads", "-1"], "threads must be at least 1"),
+    (["--set", "max_steps=-5"], "max_steps must be at least 1"),
+    (["--time-budget", "0"], "time_budget must be above 0"),
+])
+def test_bad_training_values_are_refused_by_name(
+    tmp_path: Path, log_path: Path, capsys: pytest.CaptureFixture[str], setting: list[str],
+    says: str,
+) -> None:
+    code = main(["train", "--model", "bert4rec", "--data", str(log_path), "--output",
+                 str(tmp_path / "x"), *setting])
+    assert code == 2
+    assert says in capsys.readouterr().err
+    assert not (tmp_path / "x" / "run.json").exists()

@@ -26,7 +26,7 @@ from bert4rec.errors import Bert4RecError, DataError, RunError
 from bert4rec.evaluation import PROTOCOLS, TIE_RULES, evaluate
 from bert4rec.explain import Explanation, explain
 from bert4rec.recommender import recommend
-from bert4rec.runs import check_output, has_checkpoint, load_model
+from bert4rec.runs import check_output, check_output_file, has_checkpoint, load_model
 from bert4rec.titles import find_titles
 
 MODELS = ("pop", "bert4rec", *TRAINABLE)
@@ -82,7 +82,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--output", required=True, type=Path, help="run directory to write")
     p.add_argument("--overwrite", action="store_true",
                    help="replace a finished run in --output, or start an unfinished one over")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, default=None,
+                   help="seed of the initialisation, masking and batches (default: the "
+                   "preset's or the model's, 0)")
     group = p.add_argument_group("training (every model but pop)")
     group.add_argument("--preset", default=None,
                        help="bert4rec's model and training settings: a shipped preset "
@@ -344,7 +346,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     if args.model == "bert4rec":
         from bert4rec.presets import load_preset
 
-        device = load_preset(args.preset or "default", _overrides(args)).train.device
+        device = load_preset(args.preset or "default", _overrides(args, True)).train.device
         with distributed.session(device):  # several processes under torchrun, else nothing
             options = _prepare_options(args)
             # Rank 0 downloads and prepares the data first; the others then read its cache.
@@ -358,6 +360,15 @@ def cmd_train(args: argparse.Namespace) -> int:
     if distributed.launched():
         raise DataError(f"torchrun trains bert4rec only; train {args.model} in one process "
                         "(without torchrun)")
+    if args.model not in TRAINABLE:
+        given = [flag for flag, value in (("--set", args.set or None), ("--epochs", args.epochs),
+                                          ("--time-budget", args.time_budget),
+                                          ("--device", args.device),
+                                          ("--threads", args.threads))
+                 if value is not None]
+        if given:
+            raise DataError(f"{args.model} counts items and has no training settings; drop "
+                            f"{', '.join(given)}")
     options = _prepare_options(args)
     data = _load(args, options)
     titles = find_titles(data.source, data.vocab)
@@ -374,7 +385,7 @@ def cmd_train(args: argparse.Namespace) -> int:
                            "replace it or choose another --output")
         remove_checkpoint(args.output)
     model, result = fit_pop(data, progress=not args.quiet)
-    save_baseline(args.output, model, result, data, options, seed=args.seed, titles=titles)
+    save_baseline(args.output, model, result, data, options, titles=titles)
     valid = result.valid_metrics
     _say(f"trained {model.name} in {result.seconds:.1f}s; validation (full ranking) "
          f"NDCG@10={valid['NDCG@10']:.4f} HR@10={valid['HR@10']:.4f}")
@@ -382,14 +393,15 @@ def cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
-def _overrides(args: argparse.Namespace) -> dict[str, Any]:
+def _overrides(args: argparse.Namespace, bert4rec: bool = False) -> dict[str, Any]:
     from bert4rec.presets import parse_assignment
 
     overrides = dict(parse_assignment(text) for text in args.set)
-    for name in ("epochs", "time_budget", "device", "precision", "threads"):
+    for name in ("epochs", "time_budget", "device", "precision", "threads", "seed"):
         if getattr(args, name) is not None:
             overrides[name] = getattr(args, name)
-    overrides["seed"] = args.seed
+    if bert4rec and args.epochs is not None and "max_steps" not in overrides:
+        overrides["max_steps"] = None  # a preset's step count would override --epochs
     return overrides
 
 
@@ -408,7 +420,7 @@ def _train_baseline(
     except KeyboardInterrupt:
         _interrupted(args)
         raise
-    save_baseline(args.output, model, result, data, options, seed=args.seed, fit=fit,
+    save_baseline(args.output, model, result, data, options, seed=fit.seed, fit=fit,
                   titles=titles)
     best = result.valid_metrics
     _say(f"trained {model.name}: {result.epochs} epochs in {result.seconds:.0f}s "
@@ -432,7 +444,7 @@ def _train_bert4rec(
 ) -> int:
     from bert4rec.api import train
 
-    overrides = _overrides(args)
+    overrides = _overrides(args, bert4rec=True)
     preset = args.preset or "default"
     if args.overwrite and distributed.is_main():
         start_over(args.output)
@@ -461,6 +473,8 @@ def cmd_presets(args: argparse.Namespace) -> int:
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
+    if args.per_user is not None:
+        check_output_file(args.per_user)
     model, info = load_model(args.run)
     if isinstance(model, torch.nn.Module):
         from bert4rec.device import resolve_device
@@ -470,6 +484,10 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     info.check_data(data)
     result = evaluate(model, data, split=args.split, protocol=args.protocol,
                       num_negatives=args.negatives, seed=args.seed, tie_rule=args.tie_rule)
+    if not result.users:
+        raise DataError(f"no user of {data.source or 'the data'} has the three or more items a "
+                        "leave-one-out split needs (train, validation, test), so there is "
+                        "nothing to evaluate; use longer histories")
     result.extra.update({"run": str(args.run), "model": info.model, "data": data.source,
                          "synthetic": data.synthetic})
     if args.per_user is not None:
@@ -627,6 +645,7 @@ def _recommend_batch(args: argparse.Namespace) -> int:
 
     if not args.data:
         raise DataError("--output needs --data: the log whose users to score")
+    check_output_file(args.output)
     workers = args.workers or os.cpu_count() or 1
     if workers < 1:
         raise DataError("--workers must be at least 1")
@@ -742,7 +761,12 @@ def cmd_export(args: argparse.Namespace) -> int:
 def cmd_synthetic(args: argparse.Namespace) -> int:
     from bert4rec import synthetic
 
-    frame = synthetic.generate(num_users=args.users, num_items=args.items, seed=args.seed)
+    if args.users < 1 or args.items < 3:
+        raise DataError("--users must be at least 1 and --items at least 3")
+    # Histories are 10 to 60 items long, shorter where the catalogue is small (none repeats).
+    longest = min(60, args.items - 1)
+    frame = synthetic.generate(num_users=args.users, num_items=args.items, seed=args.seed,
+                               min_length=min(10, longest), max_length=longest)
     path = synthetic.write(args.output, frame,
                            f"(users={args.users} items={args.items} seed={args.seed})")
     _say(f"wrote {path}: SYNTHETIC data, {frame['user'].nunique()} users, "
@@ -841,7 +865,8 @@ def cmd_benchmark_speed(args: argparse.Namespace) -> int:
             overrides[name] = getattr(args, name)
     preset = load_preset(args.preset, overrides)
     header = provenance_header()  # at the start: HEAD may move while the benchmark runs
-    data = _load(args, _prepare_options(args))
+    options = _prepare_options(args)
+    data = _load(args, options)
     if preset.train.threads:
         torch.set_num_threads(preset.train.threads)
     device = resolve_device(preset.train.device)
@@ -864,7 +889,7 @@ def cmd_benchmark_speed(args: argparse.Namespace) -> int:
          f"{measured.peak_rss_mb:.0f} MB")
     if args.target is not None:
         report["time_to_quality"] = speed.time_to_quality(data, preset, args.target,
-                                                          keep=args.keep)
+                                                          keep=args.keep, options=options)
         reached = report["time_to_quality"]["reached_seconds"]
         _say(f"validation NDCG@10 >= {args.target}: "
              + (f"after {reached:.0f} s" if reached is not None else "not reached"))

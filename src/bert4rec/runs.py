@@ -132,6 +132,23 @@ def check_output(run_dir: Path, overwrite: bool, resumable: bool = False) -> Non
         )
     if run_dir.exists() and not run_dir.is_dir():
         raise RunError(f"{run_dir} exists and is not a directory")
+    check_folder(run_dir.parent)
+
+
+def check_folder(folder: Path) -> None:
+    """Refuse, before any work, a folder that cannot be made because a file is in its way."""
+    for place in (folder, *folder.parents):
+        if place.exists():
+            if not place.is_dir():
+                raise RunError(f"cannot write under {folder}: {place} is a file, not a folder")
+            return
+
+
+def check_output_file(path: Path) -> None:
+    """Refuse, before any work, an output file whose place cannot be written."""
+    if path.is_dir():
+        raise RunError(f"{path} is a folder; name a file to write")
+    check_folder(path.parent)
 
 
 def save_run(

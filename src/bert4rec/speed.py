@@ -19,7 +19,7 @@ from typing import Any, Literal
 import numpy as np
 import torch
 
-from bert4rec.data import Interactions
+from bert4rec.data import Interactions, PrepareOptions
 from bert4rec.model import BERT4RecConfig
 from bert4rec.presets import Preset
 from bert4rec.training import Trainer
@@ -144,12 +144,14 @@ class _WallClockTrainer(Trainer):
 
 
 def time_to_quality(data: Interactions, preset: Preset, target: float,
-                    keep: Path | None = None) -> dict[str, Any]:
+                    keep: Path | None = None,
+                    options: PrepareOptions | None = None) -> dict[str, Any]:
     """Train with the preset (its budget and early stopping apply) and report when validation
     NDCG@10 under full ranking first reached ``target`` (the clock starts before the trainer
     is built, so warm starts count), then score the kept weights on the validation and test
     splits under both protocols (settings are compared by the validation numbers). With
-    ``keep``, the kept weights are also saved there as a run directory."""
+    ``keep``, the kept weights are also saved there as a run directory, with the ``options``
+    the data was prepared with (so the run reads that data again)."""
     started = time.perf_counter()
     trainer = _WallClockTrainer(data, preset.model_config(data.num_items), preset.train,
                                 progress=False)
@@ -172,7 +174,7 @@ def time_to_quality(data: Interactions, preset: Preset, target: float,
     if keep is not None:
         from bert4rec.api import save
 
-        save(result.model, keep, data)
+        save(result.model, keep, data, options)
     return {
         "target": target,
         "reached_seconds": trainer.reached,

@@ -39,6 +39,7 @@ from bert4rec.baselines.history import (
     training_examples,
     uniform_items,
 )
+from bert4rec.checks import check_types
 from bert4rec.data import Interactions
 from bert4rec.errors import ConfigError
 
@@ -55,6 +56,7 @@ class BPRConfig(Settings):
     init_std: float = 0.01  # N(0, 0.01^2), a common choice for BPR-MF factors
 
     def __post_init__(self) -> None:
+        check_types(self)
         if self.num_items < 1 or self.embedding_size < 1 or self.max_history < 1:
             raise ConfigError("num_items, embedding_size and max_history must be >= 1")
 

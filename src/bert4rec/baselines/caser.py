@@ -41,6 +41,7 @@ from bert4rec.baselines.history import (
     training_examples,
     uniform_items,
 )
+from bert4rec.checks import check_types
 from bert4rec.data import Interactions
 from bert4rec.errors import ConfigError
 
@@ -63,6 +64,7 @@ class CaserConfig(Settings):
     max_history: int = 200  # most recent history items averaged into the user vector
 
     def __post_init__(self) -> None:
+        check_types(self)
         if min(self.num_items, self.embedding_size, self.window, self.targets,
                self.horizontal_filters, self.vertical_filters, self.negatives,
                self.max_history) < 1:

@@ -40,6 +40,7 @@ from bert4rec.baselines.common import (
     start_fit,
 )
 from bert4rec.baselines.next_item import NextItemModel, next_item_batch, next_item_windows
+from bert4rec.checks import check_types
 from bert4rec.data import Interactions
 from bert4rec.errors import ConfigError
 from bert4rec.losses import linear_cross_entropy
@@ -70,6 +71,7 @@ class GRU4RecConfig(Settings):
     bpreg: float = 1.0  # bpr-max: weight of the score regularisation
 
     def __post_init__(self) -> None:
+        check_types(self)
         if self.loss not in LOSSES:
             raise ConfigError(f"unknown GRU4Rec loss {self.loss!r}; choose "
                               f"{', '.join(LOSSES)}")

@@ -42,6 +42,7 @@ from bert4rec.baselines.history import (
     training_examples,
     uniform_items,
 )
+from bert4rec.checks import check_types
 from bert4rec.data import Interactions
 from bert4rec.errors import ConfigError
 
@@ -67,6 +68,7 @@ class NCFConfig(Settings):
     init_std: float = 0.01  # embeddings ~ N(0, 0.01^2) (section 4.1)
 
     def __post_init__(self) -> None:
+        check_types(self)
         if min(self.num_items, self.embedding_size, self.mlp_embedding_size, self.negatives,
                self.max_history) < 1:
             raise ConfigError("num_items, embedding sizes, negatives and max_history must be >= 1")

@@ -36,6 +36,7 @@ from bert4rec.baselines.common import (
     start_fit,
 )
 from bert4rec.baselines.next_item import NextItemModel, next_item_batch, next_item_windows
+from bert4rec.checks import check_types
 from bert4rec.data import Interactions
 from bert4rec.errors import ConfigError
 from bert4rec.losses import linear_cross_entropy
@@ -64,6 +65,7 @@ class SASRecConfig(Settings):
     layer_norm_eps: float = 1e-8  # the released code's value
 
     def __post_init__(self) -> None:
+        check_types(self)
         if self.loss not in LOSSES:
             raise ConfigError(f"unknown SASRec loss {self.loss!r}; choose bce or ce")
         if self.hidden_size % self.num_heads:
