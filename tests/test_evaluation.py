@@ -193,6 +193,21 @@ def test_constant_model_full_ranking_is_chance_level(
     )
 
 
+@pytest.mark.parametrize("protocol", ["full", "popularity"])
+def test_a_model_scoring_nan_ranks_last_not_first(
+    constant: type, medium: Interactions, protocol: EvalProtocol
+) -> None:
+    class Diverged(constant):  # what a model whose training blew up returns
+        def score(self, histories: Sequence[np.ndarray]) -> torch.Tensor:
+            return torch.full((len(histories), self.num_items + 1), torch.nan)
+
+    result = evaluate(Diverged(medium.num_items), medium, protocol=protocol,
+                      num_negatives=20, progress=False)
+
+    assert result.metrics["HR@10"] == 0.0 and result.metrics["NDCG@10"] == 0.0
+    assert (result.per_user["ties"] == 0).all()
+
+
 def test_constant_model_sampled_is_chance_level(constant: type, medium: Interactions) -> None:
     result = evaluate(constant(medium.num_items), medium, protocol="uniform", num_negatives=20,
                       progress=False)

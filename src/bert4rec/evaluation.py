@@ -270,10 +270,16 @@ def count_outcomes(
 
 def _count(scores: torch.Tensor, target_scores: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """How many of each row's ``scores`` are above and equal to its target's score. Summed as
-    int32 (a row never holds 2**31 items), which halves the time of the int64 sum on a CPU."""
-    threshold = target_scores[:, None]
-    return ((scores > threshold).sum(dim=1, dtype=torch.int32),
-            (scores == threshold).sum(dim=1, dtype=torch.int32))
+    int32 (a row never holds 2**31 items), which halves the time of the int64 sum on a CPU.
+
+    NaN (a model whose training diverged) never helps: a NaN candidate counts as above the
+    target, and a NaN target below every candidate that is not left out (-inf). Otherwise NaN,
+    equal to nothing, would rank a broken model's targets first."""
+    broken = target_scores.isnan()[:, None]
+    threshold = torch.where(broken, -torch.inf, target_scores[:, None])
+    above = (scores > threshold) | scores.isnan()
+    level = (scores == threshold) & ~broken
+    return above.sum(dim=1, dtype=torch.int32), level.sum(dim=1, dtype=torch.int32)
 
 
 def check_valid_users(count: object, name: str = "valid_users") -> None:
