@@ -206,3 +206,20 @@ def test_a_model_without_a_search_shows_what_it_trained_with() -> None:
     report["settings"]["overrides"]["bert4rec"] = {"hidden_size": 128}
     assert (benchmark._unsearched_settings(report, "bert4rec")
             == "preset `ml-1m-cpu-hour`, hidden_size=128")
+
+
+def test_a_bert4rec_search_is_used_only_with_its_preset(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    search = {"model": "bert4rec", "data": {}, "preset": "demo",
+              "best": {"settings": {"lr": 0.002}}, "budget": {"trials": 2, "trials_done": 2},
+              "key": {"model": "bert4rec", "preset": benchmark.preset_content("demo")}}
+    path = tmp_path / "tune-bert4rec.json"
+    path.write_text(json.dumps(search))
+    command = ["benchmark", "quality", "--data", str(tmp_path / "missing.txt"), "--models",
+               "bert4rec", "--output", str(tmp_path / "b"), "--tuned", str(path)]
+
+    assert main([*command, "--preset", "default"]) == 2
+    assert "searched bert4rec's settings on preset 'demo'" in capsys.readouterr().err
+    assert main([*command, "--preset", "demo"]) == 2  # accepted; then the data is missing
+    assert "no such file" in capsys.readouterr().err

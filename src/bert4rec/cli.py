@@ -803,6 +803,20 @@ def cmd_benchmark_quality(args: argparse.Namespace) -> int:
             raise DataError(f"--tuned {path} tunes {model}, which is not among --models")
         if model in searches:
             raise DataError(f"--tuned gives two searches for {model}")
+        if model == "bert4rec" and search.get("key", {}).get("preset") is not None:
+            from bert4rec.benchmark import preset_content
+
+            searched = search["key"]["preset"]
+            now = json.loads(json.dumps(preset_content(args.preset)))
+            # Settings added to the code since the search are not compared: they did not exist.
+            changed = searched.get("name") != now["name"] or any(
+                now[part].get(key) != value for part in ("model", "train")
+                for key, value in searched.get(part, {}).items())
+            if changed:
+                raise DataError(
+                    f"--tuned {path} searched bert4rec's settings on preset "
+                    f"{searched.get('name')!r} as it was then, not on --preset {args.preset}: "
+                    "benchmark with that preset or tune on this one")
         clash = sorted(set(search["best"]["settings"]) & set(overrides.get(model, {})))
         if clash:
             raise DataError(f"--tuned {path} and --set both set {model}.{', '.join(clash)}; "
