@@ -451,3 +451,11 @@ def test_caser_with_three_targets_ranks_the_next_items_first(cycle: Interactions
     metrics = evaluate(model, cycle, protocol="full", progress=False).metrics
     assert metrics["HR@1"] > 0.3
     assert metrics["HR@5"] > 0.9
+
+
+def test_a_diverged_baseline_stops_and_scores_nothing(medium: Interactions) -> None:
+    config = bpr.BPRConfig(num_items=medium.num_items, embedding_size=8)
+    _, result = bpr.fit(medium, config, quick(epochs=20, eval_every=1, lr=1e30, patience=0))
+    assert result.stopped.startswith("diverged")
+    assert result.epochs < 20
+    assert result.best_metric < 0.5  # NaN scores rank the target last, never first

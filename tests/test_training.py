@@ -219,3 +219,12 @@ def test_window_step_rejects_what_is_not_a_step(step: object) -> None:
 def test_window_step_none_from_the_command_line() -> None:
     assert parse_assignment("window_step=none") == ("window_step", None)
     assert load_preset("ml-1m", {"window_step": None}).train.window_step is None
+
+
+def test_a_diverged_run_stops_and_scores_nothing() -> None:
+    data = planted(num_users=60)
+    result = Trainer(data, small_model(data.num_items), quick(epochs=20, lr=1e30, patience=0),
+                     progress=False).fit()
+    assert result.state.stopped.startswith("diverged")
+    assert result.state.epoch < 20
+    assert result.valid_metrics.get("NDCG@10", 0.0) < 0.5  # NaN scores rank the target last

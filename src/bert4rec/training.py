@@ -70,6 +70,7 @@ LOSSES = ("softmax", "sampled", "gbce")
 LATER_SETTINGS = ("loss", "num_negatives", "sampling_alpha", "gbce_t", "valid_users",
                   "item_embedding_init", "ema_decay")
 ITEM_INITS = ("random", "cooccurrence")
+DIVERGED = "diverged: the loss is not finite; lower lr"
 
 
 @dataclass(frozen=True)
@@ -480,6 +481,8 @@ class Trainer:
                 "loss": float(np.mean(losses)) if losses else float("nan"),
                 "elapsed": round(self.state.elapsed, 2),
             }
+            if losses and not math.isfinite(record["loss"]):
+                stop = stop or DIVERGED  # every step from here on would be NaN too
             finished = self.state.epoch >= self.epochs or self.state.step >= self.total_steps
             if (self.state.epoch % cfg.eval_every == 0 or finished or stop) and self.is_main:
                 metrics = self.validate()

@@ -31,6 +31,7 @@ from bert4rec.data import Interactions
 from bert4rec.device import resolve_device
 from bert4rec.errors import ConfigError
 from bert4rec.evaluation import check_valid_users, evaluate, validation_users
+from bert4rec.training import DIVERGED
 
 
 @dataclass(frozen=True)
@@ -222,6 +223,8 @@ def fit_loop(
         trained += time.perf_counter() - started
         result.epochs = epoch
         record: dict[str, Any] = {"epoch": epoch, "loss": float(np.mean(losses))}
+        if losses and not np.isfinite(record["loss"]):
+            result.stopped = result.stopped or DIVERGED  # every step from here on would be NaN
         if epoch % config.eval_every == 0 or epoch == config.epochs or result.stopped:
             model.eval()
             metrics = evaluate(model, data, split="valid", protocol="full",  # type: ignore[arg-type]
