@@ -11,6 +11,7 @@ from typing import Any
 import httpx
 import numpy as np
 import pytest
+import torch
 from conftest import TITLES, TinyRun
 from fastapi import FastAPI
 from fastapi.testclient import TestClient
@@ -263,3 +264,26 @@ def test_a_failing_store_is_a_503(sqlite_client: TestClient,
     assert response.json()["detail"] == "event store unavailable: disk I/O error"
     assert sqlite_client.get("/ready").status_code == 503
     assert sqlite_client.post("/recommend", json={"history": [1]}).status_code == 200
+
+
+def test_ids_beyond_json_integers_go_out_as_text_and_come_back(tmp_path: Path) -> None:
+    from bert4rec.api import save
+    from bert4rec.data import PrepareOptions, load_interactions
+    from bert4rec.model import BERT4Rec, BERT4RecConfig
+
+    base = 2**60
+    log = tmp_path / "big.txt"
+    log.write_text("".join(f"{u} {base + (u * 7 + i) % 12}\n" for u in range(1, 9)
+                           for i in range(5)), encoding="utf-8")
+    options = PrepareOptions(min_user_count=0)
+    data = load_interactions(log, options, use_cache=False)
+    torch.manual_seed(0)
+    config = BERT4RecConfig(num_items=data.num_items, max_len=8, hidden_size=16, num_layers=1,
+                            num_heads=1)
+    save(BERT4Rec(config).eval(), tmp_path / "run", data, options)
+
+    with TestClient(create_app(tmp_path / "run", tmp_path / "e.sqlite3")) as client:
+        items = items_of(client.post("/recommend", json={"history": [str(base + 1)], "k": 3}))
+        assert all(isinstance(item, str) and int(item) > 2**53 for item in items)
+        again = client.post("/recommend", json={"history": [items[0]], "k": 3})
+        assert again.status_code == 200 and again.json()["skipped"] == []

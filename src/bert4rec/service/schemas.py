@@ -4,7 +4,14 @@ from __future__ import annotations
 
 from typing import Annotated, Any
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, StringConstraints
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    PlainSerializer,
+    StringConstraints,
+)
 
 MAX_K = 1000
 MAX_HISTORY = 10_000
@@ -33,6 +40,15 @@ ItemInt = Annotated[int, Field(ge=-(2**53), le=2**53), BeforeValidator(_not_a_bo
 ItemId = ItemInt | ItemText
 
 
+def _exact_in_json(item: int | str) -> int | str:
+    # An integer id a JSON client cannot hold exactly goes out as text, which requests take back.
+    return str(item) if isinstance(item, int) and abs(item) > 2**53 else item
+
+
+# An item id in a response: as the data has it, but as text beyond 2**53.
+ItemOut = Annotated[int | str, PlainSerializer(_exact_in_json, return_type=int | str)]
+
+
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
@@ -50,7 +66,7 @@ class RecommendRequest(_Strict):
 
 
 class ScoredItem(BaseModel):
-    item: int | str
+    item: ItemOut
     score: float
     title: str | None = None
 
@@ -142,7 +158,7 @@ class ExplainRequest(_Strict):
 
 class HistoryEvidence(BaseModel):
     position: int = Field(description="0 = the oldest history item the model reads.")
-    item: int | str
+    item: ItemOut
     title: str | None = None
     score_drop: float = Field(description="Counterfactual: the item's score with the history "
                               "minus its score without this history item.")
@@ -159,7 +175,7 @@ class CounterfactualSetOut(BaseModel):
     found: bool = Field(description="Removing `items` together drops the recommended item out "
                         "of the top-k (false: `max_steps` removals did not).")
     positions: list[int]
-    items: list[int | str]
+    items: list[ItemOut]
     titles: list[str | None]
     ranks: list[int] = Field(description="The item's rank after each removal step.")
     note: str
@@ -174,7 +190,7 @@ class AttentionOut(BaseModel):
 
 
 class ExplanationOut(BaseModel):
-    item: int | str
+    item: ItemOut
     title: str | None = None
     score: float
     rank: int = Field(description="Among the items not in the history; 1 is best.")
