@@ -71,6 +71,7 @@ def score_users(
     batch_size: int = 256,
     workers: int = 1,
     bf16: bool = False,
+    to_run: np.ndarray | None = None,
 ) -> int:
     """Write the top-k of each user's whole history to ``output`` (.parquet or .csv): columns
     ``user``, ``rank`` (1 = best), ``item`` and ``score``, original ids. Returns the rows
@@ -78,7 +79,8 @@ def score_users(
     bfloat16 autocast (faster on CPUs with AMX or AVX-512 BF16; near-ties may swap).
 
     ``data`` may be another log than the run's (newer events, new users): histories are read
-    through the run's catalogue, and items it does not know are left out of them (see
+    through the run's catalogue, and items it does not know are left out of them. ``to_run``
+    is ``info.vocab.translation(data.vocab)`` where the caller has it already (see
     :func:`unknown_items`)."""
     kind = FORMATS.get(output.suffix.lower())
     if kind is None:
@@ -86,7 +88,8 @@ def score_users(
     if k < 1:
         raise DataError("-k must be at least 1")
     selected = select_users(data, users)
-    to_run = info.vocab.translation(data.vocab)  # data's internal item ids -> the run's
+    if to_run is None:  # data's internal item ids -> the run's
+        to_run = info.vocab.translation(data.vocab)
     written = 0
 
     def write(tmp: str) -> None:
@@ -135,11 +138,11 @@ def _ordered(fn: Callable[[T], R], items: Iterator[T], workers: int) -> Iterator
             yield pending.popleft().result()
 
 
-def unknown_items(info: RunInfo, data: Interactions) -> tuple[int, int]:
-    """How many of ``data``'s items the run does not know, and how many events they make up:
-    what batch scoring leaves out of the histories."""
-    table = info.vocab.translation(data.vocab)
-    missing = table == 0
+def unknown_items(to_run: np.ndarray, data: Interactions) -> tuple[int, int]:
+    """How many of ``data``'s items the run does not know (0 in ``to_run``, the translation of
+    ``data``'s item ids to the run's), and how many events they make up: what batch scoring
+    leaves out of the histories."""
+    missing = to_run == 0
     missing[0] = False
     return int(missing.sum()), int(missing[data.items].sum())
 

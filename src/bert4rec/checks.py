@@ -29,7 +29,7 @@ def check_types(settings: Any) -> None:
         hint = hints.get(field.name)
         value = getattr(settings, field.name)
         allowed = _allowed(hint)
-        if allowed is None or any(_is(value, kind) for kind in allowed):
+        if allowed is None or any(is_kind(value, kind) for kind in allowed):
             continue
         words = " or ".join(_KINDS[kind][1] if kind is not None else "none" for kind in allowed)
         raise ConfigError(f"{field.name} must be {words}, not {value!r}")
@@ -45,6 +45,15 @@ def check_range(name: str, value: Any, low: float, *, above: bool = False,
         bound = f"above {low:g}" if above else f"at least {low:g}"
         extra = ", or none" if none_ok else ""
         raise ConfigError(f"{name} must be {bound}{extra}, not {value!r}")
+
+
+def check_optimisation(settings: Any) -> None:
+    """The ranges of the optimisation settings every trainer has: ``lr``, ``weight_decay`` and
+    ``patience`` at least 0, ``time_budget`` above 0 and ``threads`` at least 1 (or none)."""
+    for name in ("lr", "weight_decay", "patience"):
+        check_range(name, getattr(settings, name), 0)
+    check_range("time_budget", settings.time_budget, 0, above=True, none_ok=True)
+    check_range("threads", settings.threads, 1, none_ok=True)
 
 
 def _allowed(hint: Any) -> list[Any] | None:
@@ -64,7 +73,9 @@ def _allowed(hint: Any) -> list[Any] | None:
     return None
 
 
-def _is(value: Any, kind: Any) -> bool:
+def is_kind(value: Any, kind: Any) -> bool:
+    """``value`` is of ``kind``: int (any integer, not a bool), float (any real number, not a
+    bool), str, bool, or None."""
     if kind is None:
         return value is None
     if kind is bool:

@@ -654,14 +654,15 @@ def _recommend_batch(args: argparse.Namespace) -> int:
     users = read_users(args.users) if args.users is not None else None
     model, info = load_model(args.run)
     data = load_interactions(_data_path(args.data), info.prepare)
-    items, events = unknown_items(info, data)
+    to_run = info.vocab.translation(data.vocab)
+    items, events = unknown_items(to_run, data)
     if items:
         _say(f"{items} of the {data.num_items} items in {args.data} ({events} events) are not "
              f"in the catalogue of {args.run}: left out of the histories")
     started = time.perf_counter()
     rows = score_users(model, info, data, args.output, users=users, k=args.k,
                        exclude_seen=not args.include_seen, workers=workers,
-                       bf16=args.precision == "bf16")
+                       bf16=args.precision == "bf16", to_run=to_run)
     count = len(users) if users is not None else data.num_users
     _say(f"wrote {args.output}: {rows} rows for {count} users in "
          f"{time.perf_counter() - started:.1f}s")

@@ -13,7 +13,6 @@ much padding a batch adds, and padding never changes a score.
 from __future__ import annotations
 
 import math
-import numbers
 from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass, fields
 from typing import Any
@@ -23,6 +22,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from bert4rec.checks import is_kind
 from bert4rec.losses import linear_cross_entropy
 
 
@@ -47,15 +47,15 @@ class BERT4RecConfig:
             value = getattr(self, name)
             if name == "inner_size" and value is None:
                 continue
-            if not _is_number(value, numbers.Integral) or value < 1:
+            if not is_kind(value, int) or value < 1:
                 raise ValueError(f"{name} must be a positive integer (got {value!r})")
         for name in ("hidden_dropout", "attention_dropout"):
             value = getattr(self, name)
-            if not _is_number(value, numbers.Real) or not 0 <= value < 1:
+            if not is_kind(value, float) or not 0 <= value < 1:
                 raise ValueError(f"{name} must be at least 0 and below 1 (got {value!r})")
         for name in ("init_std", "layer_norm_eps"):
             value = getattr(self, name)
-            if not _is_number(value, numbers.Real) or not value > 0:
+            if not is_kind(value, float) or not value > 0:
                 raise ValueError(f"{name} must be a positive number (got {value!r})")
         if self.hidden_size % self.num_heads:
             raise ValueError(
@@ -81,11 +81,6 @@ class BERT4RecConfig:
         if unknown:
             raise ValueError(f"unknown model setting(s): {', '.join(sorted(unknown))}")
         return cls(**values)
-
-
-def _is_number(value: Any, kind: type) -> bool:
-    """``value`` is a number of ``kind`` (numbers.Integral, numbers.Real), not a bool."""
-    return isinstance(value, kind) and not isinstance(value, bool)
 
 
 # ----------------------------------------------------------------------------------------------

@@ -43,7 +43,7 @@ from torch.optim.swa_utils import AveragedModel
 from tqdm import tqdm
 
 from bert4rec import checkpoints
-from bert4rec.checks import check_range, check_types
+from bert4rec.checks import check_optimisation, check_range, check_types
 from bert4rec.data import Interactions
 from bert4rec.device import resolve_device
 from bert4rec.distributed import (
@@ -108,12 +108,9 @@ class TrainConfig:
 
     def __post_init__(self) -> None:
         check_types(self)
-        check_range("lr", self.lr, 0)
+        check_optimisation(self)
         check_range("max_steps", self.max_steps, 1, none_ok=True)
-        check_range("time_budget", self.time_budget, 0, above=True, none_ok=True)
-        check_range("threads", self.threads, 1, none_ok=True)
-        for name in ("warmup_steps", "weight_decay", "patience"):
-            check_range(name, getattr(self, name), 0)
+        check_range("warmup_steps", self.warmup_steps, 0)
         check_range("max_predictions", self.max_predictions, 1)
         if self.item_embedding_init not in ITEM_INITS:
             raise ConfigError(f"item_embedding_init must be one of {', '.join(ITEM_INITS)}, "

@@ -26,7 +26,7 @@ from torch import nn
 from tqdm import tqdm
 
 from bert4rec import checkpoints
-from bert4rec.checks import check_range, check_types
+from bert4rec.checks import check_optimisation, check_range, check_types
 from bert4rec.data import Interactions
 from bert4rec.device import resolve_device
 from bert4rec.errors import ConfigError
@@ -114,11 +114,7 @@ class FitConfig:
         check_types(self)
         for name in ("epochs", "batch_size", "eval_every"):
             check_range(name, getattr(self, name), 1)
-        check_range("lr", self.lr, 0)
-        check_range("weight_decay", self.weight_decay, 0)
-        check_range("patience", self.patience, 0)
-        check_range("time_budget", self.time_budget, 0, above=True, none_ok=True)
-        check_range("threads", self.threads, 1, none_ok=True)
+        check_optimisation(self)
         check_valid_users(self.valid_users)
 
 

@@ -98,7 +98,30 @@ CREATE INDEX IF NOT EXISTS events_user ON events (user_id, id);
 """
 
 
-class SQLiteStore:
+class _ThreadConnections:
+    """A connection per thread (neither sqlite3 nor psycopg connections are shared between
+    threads), every one of them closed by :meth:`close`, whichever thread opened it."""
+
+    def __init__(self) -> None:
+        self._local = threading.local()
+        self._lock = threading.Lock()
+        self._connections: list[Any] = []
+
+    def _remember(self, conn: Any) -> None:
+        """``conn`` is this thread's connection from now on."""
+        self._local.conn = conn
+        with self._lock:
+            self._connections.append(conn)
+
+    def close(self) -> None:
+        with self._lock:
+            for conn in self._connections:
+                conn.close()
+            self._connections.clear()
+        self._local = threading.local()
+
+
+class SQLiteStore(_ThreadConnections):
     """Events in one SQLite file. Each thread has its own connection (sqlite3 connections
     are not shared between threads); writers wait for each other up to ``timeout`` seconds."""
 
@@ -106,9 +129,7 @@ class SQLiteStore:
         self.path = Path(path)
         self.url = f"sqlite:///{self.path}"
         self.timeout = timeout
-        self._local = threading.local()
-        self._lock = threading.Lock()
-        self._connections: list[sqlite3.Connection] = []  # every thread's, for close()
+        super().__init__()
         if not self.path.parent.is_dir():
             raise ConfigError(f"cannot create the event store {self.path}: "
                               f"{self.path.parent} is not a folder")
@@ -128,9 +149,7 @@ class SQLiteStore:
                 conn.execute("PRAGMA synchronous=FULL")
             except sqlite3.Error as exc:
                 raise ConfigError(f"cannot open the event store {self.path}: {exc}") from exc
-            self._local.conn = conn
-            with self._lock:
-                self._connections.append(conn)
+            self._remember(conn)
         return conn
 
     def _write(self, rows: Iterable[tuple[str, str]]) -> int:
@@ -187,13 +206,6 @@ class SQLiteStore:
     def ping(self) -> None:
         self._connect().execute("SELECT 1").fetchone()
 
-    def close(self) -> None:
-        with self._lock:
-            for conn in self._connections:
-                conn.close()
-            self._connections.clear()
-        self._local = threading.local()
-
 
 # ----------------------------------------------------------------------------------------------
 # PostgreSQL
@@ -208,16 +220,14 @@ CREATE INDEX IF NOT EXISTS events_user ON events (user_id, id);
 """
 
 
-class PostgresStore:
+class PostgresStore(_ThreadConnections):
     """Events in a PostgreSQL table; a connection per thread, each transaction committed with
     ``synchronous_commit = on`` (the commit waits for its WAL record to reach disk)."""
 
     def __init__(self, url: str, connect_timeout: int = 5) -> None:
         self.url = url
         self.connect_timeout = connect_timeout
-        self._local = threading.local()
-        self._lock = threading.Lock()
-        self._connections: list[Any] = []
+        super().__init__()
         conn = self._connect()
         with conn.transaction():
             # Two services starting at once would race to create the table.
@@ -236,9 +246,7 @@ class PostgresStore:
                 raise ConfigError(f"cannot connect to the event store {redact(self.url)}: "
                                   f"{str(exc).strip()}") from exc
             conn.execute("SET synchronous_commit = on")
-            self._local.conn = conn
-            with self._lock:
-                self._connections.append(conn)
+            self._remember(conn)
         return conn
 
     def append(self, user: str, items: Sequence[str]) -> int:
@@ -289,13 +297,6 @@ class PostgresStore:
     def ping(self) -> None:
         self._connect().execute("SELECT 1").fetchone()
 
-    def close(self) -> None:
-        with self._lock:
-            for conn in self._connections:
-                conn.close()
-            self._connections.clear()
-        self._local = threading.local()
-
 
 def redact(url: str) -> str:
     """``url`` with its password shown as ``***``, wherever it is (``user:password@host`` or a
@@ -304,9 +305,10 @@ def redact(url: str) -> str:
     user, at, host = parts.netloc.rpartition("@")
     pairs = urllib.parse.parse_qsl(parts.query, keep_blank_values=True)
     hidden = [key.lower() == "password" for key, _ in pairs]
-    if not (at and ":" in user) and not any(hidden):
+    in_user = bool(at) and ":" in user
+    if not in_user and not any(hidden):
         return url  # nothing to hide: unchanged (an SQLite path keeps its slashes)
-    if at and ":" in user:
+    if in_user:
         user = user.split(":", 1)[0] + ":***"
     query = urllib.parse.urlencode(
         [(key, "***" if hide else value) for (key, value), hide in zip(pairs, hidden, strict=True)],
