@@ -4,6 +4,7 @@ against the model, rollout, gradient x input, the greedy set, the CLI and the pl
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -51,7 +52,15 @@ def test_leave_one_out_matches_separate_forward_passes() -> None:
         scores[0] = -torch.inf
         assert loo.ranks_without[i] == 1 + int((scores > scores[item]).sum())
     assert np.allclose(loo.score_drops, loo.score - loo.scores_without)
-    assert (loo.leaves_top_k == (loo.ranks_without > 5)).all()
+    assert (loo.leaves_top_k == ((loo.rank <= 5) & (loo.ranks_without > 5))).all()
+
+
+def test_an_item_outside_the_top_k_never_leaves_it() -> None:
+    model = tiny_model()
+    ids, _ = recommend(model, [HISTORY], k=12)
+    loo = ex.leave_one_out(model, HISTORY, int(ids[0, -1]), k=3)
+    assert loo.rank == 12 and (loo.ranks_without > 3).all()
+    assert not loo.leaves_top_k.any()
 
 
 def test_leave_one_out_rank_matches_recommend() -> None:
@@ -75,6 +84,23 @@ def test_only_the_window_the_model_sees_is_explained() -> None:
     loo = ex.leave_one_out(model, long, 20)
     assert len(loo.scores_without) == 5  # max_len - 1
     assert loo.score == pytest.approx(float(model.score([long])[0, 20]), abs=1e-5)
+    ids, _ = recommend(model, [long], k=30)
+    assert loo.rank == 1 + list(ids[0]).index(20)  # the whole history stays excluded
+    for i in range(5):
+        # Without window item i the older item 9 moves into the window, as it would for the
+        # user's history without that item.
+        without = np.delete(long, 9 + i)
+        assert loo.scores_without[i] == pytest.approx(
+            float(model.score([without])[0, 20]), abs=1e-5)
+        ids, _ = recommend(model, [without], k=30)
+        excluded = set(long.tolist()) - set(without.tolist())  # the removed item is seen too
+        ranked = [int(j) for j in ids[0] if int(j) not in excluded]
+        assert loo.ranks_without[i] == 1 + ranked.index(20)
+    greedy = ex.greedy_counterfactual(model, long, 20, k=1, max_steps=3, stop_when_found=False)
+    scores, ranks = ex.removal_ranks(model, long, 20, [greedy.positions])
+    assert ranks[0] == greedy.steps[-1].rank
+    expected = model.score([np.delete(long, [9 + p for p in greedy.positions])])[0, 20]
+    assert scores[0] == pytest.approx(float(expected), abs=1e-5)
 
 
 def test_explicit_attention_forward_gives_the_model_s_scores() -> None:
@@ -248,6 +274,34 @@ def test_explain_top_recommendation_in_original_ids(run_dir: Path) -> None:
     assert "weaker" in data["attention"]["note"]
 
 
+def test_explain_in_bf16_explains_its_own_top_1(run_dir: Path) -> None:
+    model, info = load_model(run_dir)
+    rng = np.random.default_rng(0)
+    # Among these 80 histories, two have a different top-1 in bf16 than in fp32.
+    for _ in range(80):
+        history = rng.choice(np.arange(1, info.vocab.num_items + 1), size=5, replace=False)
+        result = ex.explain(model, info, info.vocab.decode(history), k=3, max_steps=1,
+                            precision="bf16")
+        assert result.rank == 1
+
+
+def test_explain_of_an_item_outside_the_top_k_says_so(run_dir: Path) -> None:
+    model, info = load_model(run_dir)
+    history = _history(run_dir)
+    ids, _ = recommend(model, [info.vocab.encode(history)[0]], k=6)
+    result = ex.explain(model, info, history, item=info.vocab.decode(ids[0])[5], k=2)
+    assert result.rank == 6 and "outside the top-2" in result.notes["rank"]
+    assert not any(r.leaves_top_k for r in result.history)
+    assert result.counterfactual_set.found and result.counterfactual_set.items == []
+
+
+def test_gradients_under_inference_mode() -> None:
+    model = tiny_model()
+    expected = ex.gradient_x_input(model, HISTORY, 20)
+    with torch.inference_mode():
+        assert np.allclose(ex.gradient_x_input(model, HISTORY, 20), expected)
+
+
 def test_explain_errors(run_dir: Path) -> None:
     model, info = load_model(run_dir)
     history = _history(run_dir)
@@ -321,6 +375,8 @@ def test_cli_explain_errors(run_dir: Path, capsys: pytest.CaptureFixture[str]) -
     assert "the history is empty" in capsys.readouterr().err
     assert main(["explain", "--run", str(run_dir), "--history", "x y"]) == 2
     assert "no item the model knows (unknown: x y)" in capsys.readouterr().err
+    assert main(["explain", "--run", str(run_dir), "--history", history, "--rows", "-1"]) == 2
+    assert "--rows must be at least 0" in capsys.readouterr().err
 
 
 def test_plots_of_a_long_history_are_valid_png(tmp_path: Path) -> None:
@@ -336,3 +392,14 @@ def test_plots_of_a_long_history_are_valid_png(tmp_path: Path) -> None:
     for plot, name in ((plot_attribution, "a.png"), (plot_attention, "b.png")):
         path = plot(result, tmp_path / "out" / name)
         assert path.read_bytes().startswith(PNG)
+
+
+def test_plots_take_dollar_signs_as_text(run_dir: Path) -> None:
+    from bert4rec.explain_plots import attention_png, attribution_png
+
+    model, info = load_model(run_dir)
+    result = ex.explain(model, info, _history(run_dir), k=3, max_steps=1)
+    rows = [replace(r, title=r"Save $\nosuch$ now, $1 # $2") for r in result.history]
+    odd = replace(result, history=rows, title="A $5 deal $")
+    for draw in (attribution_png, attention_png):
+        assert draw(odd).startswith(PNG)

@@ -572,6 +572,8 @@ def cmd_recommend(args: argparse.Namespace) -> int:
 def cmd_explain(args: argparse.Namespace) -> int:
     if args.max_steps < 1:
         raise DataError("--max-steps must be at least 1")
+    if args.rows < 0:
+        raise DataError("--rows must be at least 0")
     if args.threads is not None:
         if args.threads < 1:
             raise DataError("--threads must be at least 1")
@@ -594,6 +596,8 @@ def cmd_explain(args: argparse.Namespace) -> int:
     if result.truncated:
         _say(f"the model sees the last {len(result.history)} items; "
              f"{result.truncated} older one(s) left out")
+    if "rank" in result.notes:
+        _say(result.notes["rank"])
     print(_explanation_text(result, args.rows), flush=True)
     for path in plots:
         _say(f"wrote {path}")

@@ -19,7 +19,10 @@ excluded while items are removed from the model's input, since the user has stil
 only the evidence the model gets changes. Rank 1 is best; ties count in the item's favour.
 
 Histories are internal item ids, oldest first. The model sees only the last ``max_len - 1``
-items; explanations cover those (``explain`` reports how many older items it left out).
+items; explanations cover those (``explain`` reports how many older items it left out), and
+positions count from the oldest item it sees. Removing an item takes it out of the whole
+history, so when there are older items one of them moves into the window, as it would for
+the user's history without that item.
 """
 
 from __future__ import annotations
@@ -35,7 +38,6 @@ import torch.nn.functional as F
 
 from bert4rec.errors import DataError
 from bert4rec.model import BERT4Rec, TransformerBlock
-from bert4rec.recommender import recommend
 
 if TYPE_CHECKING:
     from bert4rec.runs import RunInfo
@@ -57,6 +59,8 @@ GRADIENT_NOTE = (
     "gradient x input: the score's gradient w.r.t. each input item embedding, dotted with it; "
     "a local linear estimate, not a removal"
 )
+NOTES = {"counterfactual": COUNTERFACTUAL_NOTE, "gradient_x_input": GRADIENT_NOTE,
+         "attention": ATTENTION_NOTE, "counterfactual_set": GREEDY_NOTE}
 
 
 # ----------------------------------------------------------------------------------------------
@@ -120,9 +124,18 @@ def _excluded(history: np.ndarray, exclude: np.ndarray | None) -> np.ndarray:
     return history if exclude is None else np.asarray(exclude, dtype=np.int64)
 
 
-def _without(history: np.ndarray, removed: Sequence[int]) -> np.ndarray:
+def _window(model: BERT4Rec, history: np.ndarray) -> tuple[np.ndarray, int, int]:
+    """The whole history as int64, the index in it of the oldest item the model sees, and how
+    many items the model sees."""
+    full = np.asarray(history, dtype=np.int64)
+    start = max(len(full) - (model.config.max_len - 1), 0)
+    return full, start, len(full) - start
+
+
+def _without(history: np.ndarray, removed: Sequence[int], start: int = 0) -> np.ndarray:
+    """``history`` without window positions ``removed`` (position 0 = index ``start``)."""
     keep = np.ones(len(history), dtype=bool)
-    keep[list(removed)] = False
+    keep[[start + i for i in removed]] = False
     return history[keep]
 
 
@@ -135,15 +148,15 @@ def removal_ranks(
     precision: str = "fp32",
     exclude: np.ndarray | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Score and rank of ``item`` after removing each set of positions in ``removals`` from
-    ``history``, in one forward pass (sets of different sizes are padded, which never changes
-    a score): ``(scores, ranks)``, each (len(removals),). ``exclude`` (default: the history)
-    is never ranked."""
+    """Score and rank of ``item`` after removing each set of window positions in ``removals``
+    from ``history``, in one forward pass (sets of different sizes are padded, which never
+    changes a score): ``(scores, ranks)``, each (len(removals),). ``exclude`` (default: the
+    whole history) is never ranked."""
     model = _check_model(model)
-    history = visible(model, history)
-    variants = [_without(history, r) for r in removals]
+    full, start, _ = _window(model, history)
+    variants = [_without(full, r, start) for r in removals]
     scores = _mask_scores(model, variants, precision)
-    score, rank, _ = _rank_and_margin(scores, _excluded(history, exclude), item, k)
+    score, rank, _ = _rank_and_margin(scores, _excluded(full, exclude), item, k)
     return score, rank
 
 
@@ -168,8 +181,9 @@ class LeaveOneOut:
 
     @property
     def leaves_top_k(self) -> np.ndarray:
-        """(n,) bool: removing this item alone drops the item out of the top-k."""
-        return self.ranks_without > self.k
+        """(n,) bool: removing this item alone drops the item out of the top-k (never true for
+        an item outside the top-k already)."""
+        return (self.rank <= self.k) & (self.ranks_without > self.k)
 
 
 def leave_one_out(
@@ -181,18 +195,17 @@ def leave_one_out(
     exclude: np.ndarray | None = None,
 ) -> LeaveOneOut:
     """Score and rank of ``item`` (internal id) for ``history`` and for each of the ``n``
-    histories that miss one item, in one forward pass over a batch of ``n + 1`` histories.
-    ``exclude`` (default: the history) is never ranked."""
+    histories that miss one of the items the model sees, in one forward pass over a batch of
+    ``n + 1`` histories. ``exclude`` (default: the whole history) is never ranked."""
     model = _check_model(model)
-    history = visible(model, history)
-    n = len(history)
+    full, start, n = _window(model, history)
     if n == 0:
         raise DataError("the history is empty: there is nothing to remove")
-    # Row 0 is the full history, padded by one slot; padding never changes a score, and the
-    # other n rows then need none at all.
-    variants = [history, *(_without(history, [i]) for i in range(n))]
+    # Row 0 is the whole history; where it fits the window, it is padded by one slot, which
+    # never changes a score, and the other n rows then need no padding at all.
+    variants = [full, *(_without(full, [i], start) for i in range(n))]
     scores = _mask_scores(model, variants, precision)
-    score, rank, _ = _rank_and_margin(scores, _excluded(history, exclude), item, k)
+    score, rank, _ = _rank_and_margin(scores, _excluded(full, exclude), item, k)
     return LeaveOneOut(score=float(score[0]), rank=int(rank[0]),
                        scores_without=score[1:].astype(np.float32),
                        ranks_without=rank[1:].astype(np.int64), k=k)
@@ -233,19 +246,19 @@ def greedy_counterfactual(
     pass and keeps the one with the smallest margin to the top-k (ties: the lower score).
 
     With ``stop_when_found=False`` it runs ``max_steps`` steps (a deletion curve).
-    ``exclude`` (default: the history) is never ranked."""
+    Positions are window positions; ``exclude`` (default: the whole history) is never ranked."""
     model = _check_model(model)
-    history = visible(model, history)
-    exclude = _excluded(history, exclude)
+    full, start, n = _window(model, history)
+    exclude = _excluded(full, exclude)
     removed: list[int] = []
     steps: list[GreedyStep] = []
-    _, _, margin = _rank_and_margin(_mask_scores(model, [history], precision), exclude, item, k)
+    _, _, margin = _rank_and_margin(_mask_scores(model, [full], precision), exclude, item, k)
     found = bool(margin[0] < 0)  # already outside the top-k: the empty set does it
-    for _ in range(min(max_steps, len(history))):
+    for _ in range(min(max_steps, n)):
         if found and stop_when_found:
             break
-        remaining = [i for i in range(len(history)) if i not in removed]
-        variants = [_without(history, [*removed, i]) for i in remaining]
+        remaining = [i for i in range(n) if i not in removed]
+        variants = [_without(full, [*removed, i], start) for i in remaining]
         scores = _mask_scores(model, variants, precision)
         score, rank, margin = _rank_and_margin(scores, exclude, item, k)
         best = int(np.lexsort((score, margin))[0])
@@ -395,8 +408,9 @@ def gradient_x_input(model: BERT4Rec, history: np.ndarray, item: int) -> np.ndar
     embedding is left out, as it is not what removing the item takes away)."""
     model = _check_model(model)
     history = visible(model, history)
-    tokens = model.inference_tokens([history]).to(model.device)  # (1, n + 1)
-    with torch.enable_grad():
+    # Gradients need autograd on, also when the caller runs under inference_mode.
+    with torch.inference_mode(False), torch.enable_grad():
+        tokens = model.inference_tokens([history]).to(model.device)  # (1, n + 1)
         vectors = model.item_embedding(tokens).detach().requires_grad_(True)  # (1, n + 1, d)
         hidden = _forward(model, tokens, last_only=True, need_weights=False,
                           item_vectors=vectors)[0][:, -1]  # (1, d)
@@ -461,9 +475,7 @@ class Explanation:
     attention: AttentionEvidence
     skipped: list[Any] = field(default_factory=list)  # unknown to the model, left out
     truncated: int = 0  # older items beyond the model's window, left out
-    notes: dict[str, str] = field(default_factory=lambda: {
-        "counterfactual": COUNTERFACTUAL_NOTE, "gradient_x_input": GRADIENT_NOTE,
-        "attention": ATTENTION_NOTE, "counterfactual_set": GREEDY_NOTE})
+    notes: dict[str, str] = field(default_factory=lambda: dict(NOTES))
 
     def to_dict(self) -> dict[str, Any]:
         return _plain(asdict(self))
@@ -509,10 +521,11 @@ def explain(
                         "an explanation needs at least one")
     seen = visible(model, encoded)
     truncated = len(encoded) - len(seen)
-    if item is None:
-        ids, _ = recommend(model, [encoded], k=1)
-        target = int(ids[0, 0])
-        if target == 0:  # no eligible item: recommend pads with 0
+    if item is None:  # the top-1, scored as the explanation scores (same precision)
+        scores = _mask_scores(model, [encoded], precision)[0]
+        scores[torch.as_tensor(encoded, device=scores.device)] = -math.inf
+        target = int(torch.argmax(scores))
+        if not math.isfinite(float(scores[target])) or target == 0:
             raise DataError("every item the model knows is in the history; nothing is "
                             "recommended, so there is nothing to explain")
     else:
@@ -524,9 +537,8 @@ def explain(
         if target in set(encoded.tolist()):
             raise DataError(f"item {item!r} is in the history; explanations are for items "
                             "the model would recommend, which exclude the history")
-    loo = leave_one_out(model, seen, target, k, precision, exclude=encoded)
-    greedy = greedy_counterfactual(model, seen, target, k, max_steps, precision=precision,
-                                   exclude=encoded)
+    loo = leave_one_out(model, encoded, target, k, precision)
+    greedy = greedy_counterfactual(model, encoded, target, k, max_steps, precision=precision)
     attention = attention_maps(model, seen)
     gradient = gradient_x_input(model, seen, target)
     originals = info.vocab.decode(seen)
@@ -545,10 +557,14 @@ def explain(
         items=[originals[p] for p in greedy.positions],
         titles=[titles[p] for p in greedy.positions], ranks=[s.rank for s in greedy.steps])
     original = info.vocab.decode(np.asarray([target]))[0]
+    notes = dict(NOTES)
+    if loo.rank > k:
+        notes["rank"] = (f"the item ranks {loo.rank}, outside the top-{k}: no removal can drop "
+                         "it out, and the counterfactual set is empty")
     return Explanation(
         item=original, title=info.titles.get(original), score=loo.score, rank=loo.rank, k=k,
         history=rows, counterfactual_set=cf_set,
         attention=AttentionEvidence(weights=attention.weights.tolist(),
                                     mask_self=attention.mask_self.tolist(),
                                     rollout=attention.rollout.tolist()),
-        skipped=list(skipped), truncated=truncated)
+        skipped=list(skipped), truncated=truncated, notes=notes)

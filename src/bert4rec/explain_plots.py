@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from matplotlib import rc_context
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
@@ -46,23 +47,27 @@ def plot_attribution(explanation: Explanation, path: str | Path) -> Path:
     """Bars per history item (oldest at the top): counterfactual score drop (items whose
     removal alone drops the recommendation out of the top-k in red) beside attention
     rollout. Writes ``path`` (PNG) and returns it."""
-    return _save(_attribution_figure(explanation), path)
+    with _plain_text():
+        return _save(_attribution_figure(explanation), path)
 
 
 def attribution_png(explanation: Explanation) -> bytes:
     """:func:`plot_attribution`'s image as PNG bytes."""
-    return _png(_attribution_figure(explanation))
+    with _plain_text():
+        return _png(_attribution_figure(explanation))
 
 
 def plot_attention(explanation: Explanation, path: str | Path) -> Path:
     """Heat map of the attention weights from [MASK]: rows (layer, head), columns history
     items oldest first. Writes ``path`` (PNG) and returns it."""
-    return _save(_attention_figure(explanation), path)
+    with _plain_text():
+        return _save(_attention_figure(explanation), path)
 
 
 def attention_png(explanation: Explanation) -> bytes:
     """:func:`plot_attention`'s image as PNG bytes."""
-    return _png(_attention_figure(explanation))
+    with _plain_text():
+        return _png(_attention_figure(explanation))
 
 
 def _attribution_figure(explanation: Explanation) -> Figure:
@@ -115,6 +120,11 @@ def _figure(width: float, height: float) -> Figure:
     fig = Figure(figsize=(width, height), dpi=120)
     FigureCanvasAgg(fig)  # Agg: no display needed
     return fig
+
+
+def _plain_text() -> Any:
+    """Labels are item ids and titles: '$' in them is a dollar sign, never math text."""
+    return rc_context({"text.parse_math": False})
 
 
 def _png(fig: Figure) -> bytes:

@@ -75,7 +75,9 @@ class Recommendations(BaseModel):
     items: list[ScoredItem]
     skipped: list[Any] = Field(description="Items of the history the model does not know.")
     skipped_candidates: list[Any] = Field(default_factory=list)
-    history_used: int = Field(description="Known items of the history the model read.")
+    history_used: int = Field(
+        description="Known items of the history given to the model; BERT4Rec reads the most "
+                    "recent max_len - 1 of them.")
     fallback: str | None = Field(
         None, description="`popularity` when the history held no known item.")
     user: str | None = None
