@@ -59,8 +59,9 @@ def paired(first: dict[str, Any], second: dict[str, Any]) -> dict[str, Any]:
          "valid_NDCG@10": run["record"].get("valid_full", {}).get("NDCG@10")}
         for run in (first, second)]}
     out["difference"] = {  # the verdict is the first run's: better, worse or no clear difference
-        protocol: paired_comparison(stored_result(first["record"], protocol),
-                                    stored_result(second["record"], protocol))
+        protocol: paired_comparison(
+            stored_result(first["record"], protocol, first["key"].get("negatives")),
+            stored_result(second["record"], protocol, second["key"].get("negatives")))
         for protocol in PROTOCOL_NAMES}
     return out
 

@@ -434,3 +434,10 @@ def test_a_worker_ends_soon_after_the_benchmark_is_killed() -> None:
     if not ended:
         os.kill(worker, signal.SIGKILL)  # leave nothing running behind a failed test
     assert ended
+
+
+def test_only_100_negatives_are_called_the_paper_s_protocol() -> None:
+    from bert4rec.benchmark import _protocol_title
+
+    assert _protocol_title("popularity", 100).endswith("(the paper's protocol)")
+    assert "paper" not in _protocol_title("popularity", 20)

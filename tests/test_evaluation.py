@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from dataclasses import replace
 
 import numpy as np
 import pandas as pd
@@ -308,7 +309,7 @@ def test_negatives_take_all_that_is_left(tiny: Interactions) -> None:
 
 def test_too_few_items_left_to_sample(tiny: Interactions) -> None:
     with pytest.raises(ConfigError, match="a user has only 1 items left to sample from; "
-                       "use fewer than 2 negatives"):
+                       "use at most 1 negatives, not 2"):
         sample_negatives(tiny, np.arange(4), num_negatives=2)
 
 
@@ -420,6 +421,23 @@ def test_compare_refuses_mismatched_results() -> None:
         compare(a, result_of([1.0, 0.0], ["x", "y"], protocol="uniform"))
     with pytest.raises(ConfigError, match="the two results cover different users"):
         compare(a, result_of([1.0, 0.0], ["x", "w"]))
+    with pytest.raises(ConfigError, match="the same tie rule"):
+        compare(a, replace(a, tie_rule="optimistic"))
+
+
+def test_compare_refuses_sampled_results_of_different_negatives(medium: Interactions) -> None:
+    model = PopularityRecommender.fit(train_sequences(medium), medium.num_items)
+    a = evaluate(model, medium, protocol="popularity", num_negatives=10, seed=0,
+                 progress=False)
+    with pytest.raises(ConfigError, match=r"these used 10 \(seed 0\) and 15 \(seed 0\)"):
+        compare(a, evaluate(model, medium, protocol="popularity", num_negatives=15, seed=0,
+                            progress=False))
+    with pytest.raises(ConfigError, match=r"these used 10 \(seed 0\) and 10 \(seed 1\)"):
+        compare(a, evaluate(model, medium, protocol="popularity", num_negatives=10, seed=1,
+                            progress=False))
+    same = evaluate(model, medium, protocol="popularity", num_negatives=10, seed=0,
+                    progress=False)
+    assert compare(a, same).difference == 0.0
 
 
 def test_bootstrap_interval_contains_the_mean() -> None:

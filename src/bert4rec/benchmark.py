@@ -378,11 +378,17 @@ def _finished(run_dir: Path, key: dict[str, Any]) -> dict[str, Any] | None:
     return record
 
 
-def stored_result(record: dict[str, Any], protocol: Protocol) -> EvaluationResult:
-    """A run's evaluation read back from its per-user file (intervals and paired tests)."""
-    per_user = pd.read_parquet(record[protocol]["per_user"])
-    return EvaluationResult(protocol=protocol, split="test",
-                            metrics=dict(record[protocol]["metrics"]), per_user=per_user)
+def stored_result(record: dict[str, Any], protocol: Protocol,
+                  negatives: int | None = None) -> EvaluationResult:
+    """A run's evaluation read back from its per-user file (intervals and paired tests).
+    ``negatives``: the count a sampled protocol drew (the run key's), drawn with
+    :data:`NEGATIVE_SEED`, so that results of different draws are never paired."""
+    saved = record[protocol]
+    per_user = pd.read_parquet(saved["per_user"])
+    sampled = protocol != "full" and negatives is not None
+    return EvaluationResult(protocol=protocol, split="test", metrics=dict(saved["metrics"]),
+                            per_user=per_user, num_negatives=negatives if sampled else None,
+                            seed=NEGATIVE_SEED if sampled else None)
 
 
 def _start_worker(threads: int | None, parent: int) -> None:
@@ -556,7 +562,7 @@ def quality(
         torch.set_num_threads(previous_threads)
     runs = {model: [records[(model, seed)] for seed in seeds] for model in models}
     reference_results: dict[str, dict[str, EvaluationResult]] = {
-        model: {protocol: stored_result(runs[model][0], protocol)
+        model: {protocol: stored_result(runs[model][0], protocol, negatives)
                 for protocol in PROTOCOL_NAMES}
         for model in models}
 
@@ -673,8 +679,8 @@ def _seconds(value: float) -> str:
 def _protocol_title(protocol: str, negatives: int) -> str:
     if protocol == "full":
         return "Full ranking (every item; the user's history removed)"
-    return (f"Popularity-sampled: {negatives} negatives drawn by popularity (the paper's "
-            "protocol)")
+    paper = " (the paper's protocol)" if negatives == 100 else ""
+    return f"Popularity-sampled: {negatives} negatives drawn by popularity{paper}"
 
 
 def render_markdown(report: dict[str, Any]) -> str:

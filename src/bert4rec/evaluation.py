@@ -118,7 +118,7 @@ def sample_negatives(
     if len(available) and available.min() < num_negatives:
         raise ConfigError(
             f"a user has only {int(available.min())} items left to sample from; "
-            f"use fewer than {num_negatives} negatives"
+            f"use at most {int(available.min())} negatives, not {num_negatives}"
         )
     rng = np.random.default_rng(seed)
     out = np.zeros((len(seen_sets), num_negatives), dtype=np.int64)
@@ -385,9 +385,17 @@ def compare(
     confidence: float = 0.95, resamples: int = 2000, seed: int = 0,
 ) -> PairedComparison:
     """Paired comparison of two results on the same users: bootstrap CI of the mean difference,
-    paired t-test and Wilcoxon signed-rank p-values."""
+    paired t-test and Wilcoxon signed-rank p-values. Both must come from the same protocol,
+    split and tie rule, and sampled results from the same negatives (count and seed)."""
     if a.protocol != b.protocol or a.split != b.split:
         raise ConfigError("compare results of the same protocol and split")
+    if a.tie_rule != b.tie_rule:
+        raise ConfigError(f"compare results of the same tie rule, not {a.tie_rule!r} and "
+                          f"{b.tie_rule!r}")
+    if (a.num_negatives, a.seed) != (b.num_negatives, b.seed):
+        raise ConfigError("compare sampled results drawn with the same negatives: these used "
+                          f"{a.num_negatives} (seed {a.seed}) and {b.num_negatives} "
+                          f"(seed {b.seed})")
     merged = a.per_user[["user", metric]].merge(
         b.per_user[["user", metric]], on="user", suffixes=("_a", "_b"), validate="one_to_one"
     )
