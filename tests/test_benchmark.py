@@ -321,7 +321,8 @@ def test_an_unfinished_run_starts_over_without_resume_or_with_other_settings(
 
     # A checkpoint that cannot be resumed does not stop the benchmark: the run starts over.
     stopped_after_one_epoch()
-    (out / "runs" / "fpmc-seed0" / "checkpoint" / "state.safetensors").write_bytes(b"broken")
+    (tensors,) = (out / "runs" / "fpmc-seed0" / "checkpoint").glob("state-*.safetensors")
+    tensors.write_bytes(b"broken")
     repaired = quality(data, out, resume=True, log=None, **args)
     (run,) = repaired["results"]["fpmc"]["runs"]
     assert written == [1, 2] and run["resumed"] is False

@@ -107,11 +107,11 @@ def test_a_damaged_or_mixed_checkpoint_is_a_clear_error(tmp_path: Path) -> None:
     folder = checkpoint_of(tmp_path)
     meta = json.loads((folder / "state.json").read_text())
     (folder / "state.json").write_text(json.dumps({**meta, "checkpoint_step": 4}))
-    mixed = r"state\.json is of step 4 but state\.safetensors of step 5"
+    mixed = r"state\.json is of step 4 but state-5\.safetensors of step 5"
     with pytest.raises(RunError, match=mixed):  # stopped between writing the two files
         checkpoints.read_checkpoint(tmp_path)
 
-    (folder / "state.safetensors").write_bytes(b"not tensors")
+    (folder / "state-5.safetensors").write_bytes(b"not tensors")
     with pytest.raises(CheckpointError, match="is damaged"):
         checkpoints.read_checkpoint(tmp_path)
     checkpoint_of(tmp_path)
@@ -126,6 +126,7 @@ def test_a_checkpoint_from_before_the_step_check_is_checked_by_its_progress(
     tmp_path: Path,
 ) -> None:
     folder = checkpoint_of(tmp_path)  # tensors of step 5
+    (folder / "state-5.safetensors").rename(folder / "state.safetensors")  # the old name
     for progress in ({"state": {"step": 5}}, {"result": {"epochs": 5}}, {}):
         (folder / "state.json").write_text(json.dumps(progress))
         assert checkpoints.read_checkpoint(tmp_path) is not None
@@ -141,9 +142,37 @@ def test_saving_pop_leaves_another_models_checkpoint(tmp_path: Path, data: Inter
     assert checkpoints.read_checkpoint(tmp_path) is not None
 
 
+def test_a_checkpoint_stopped_midway_keeps_the_previous_one(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    checkpoint_of(tmp_path)  # step 5
+
+    def stopped(*args: Any, **kwargs: Any) -> None:
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(checkpoints, "write_json", stopped)  # stopped before the JSON
+    with pytest.raises(KeyboardInterrupt):
+        checkpoints.write_checkpoint(tmp_path, {"x": torch.ones(2)}, {"identity": {}}, step=6)
+    monkeypatch.undo()
+    meta, tensors = checkpoints.read_checkpoint(tmp_path)  # type: ignore[misc]
+    assert meta["checkpoint_step"] == 5 and torch.equal(tensors["x"], torch.zeros(2))
+    checkpoints.write_checkpoint(tmp_path, {"x": torch.ones(2)}, {"identity": {}}, step=7)
+    folder = tmp_path / checkpoints.CHECKPOINT_DIR
+    assert sorted(p.name for p in folder.iterdir()) == ["state-7.safetensors", "state.json"]
+
+
+def test_a_checkpoint_naming_a_path_is_damaged(tmp_path: Path) -> None:
+    folder = checkpoint_of(tmp_path)
+    meta = json.loads((folder / "state.json").read_text())
+    (folder / "state.json").write_text(json.dumps({**meta, "tensors": "../../x.safetensors"}))
+    with pytest.raises(CheckpointError, match="names no tensors file"):
+        checkpoints.read_checkpoint(tmp_path)
+
+
 def test_remove_checkpoint_takes_leftovers_of_a_write_cut_short(tmp_path: Path) -> None:
     folder = checkpoint_of(tmp_path)
-    (folder / ".state.safetensors.abc123.tmp").write_bytes(b"half")
+    (folder / ".state-6.safetensors.abc123.tmp").write_bytes(b"half")
+    (folder / "state-6.safetensors").write_bytes(b"written, not yet named by the JSON")
     checkpoints.remove_checkpoint(tmp_path)
     assert not folder.exists()
     checkpoints.remove_checkpoint(tmp_path)  # nothing there: nothing to do

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -11,12 +12,12 @@ import torch
 
 from bert4rec import evaluation, training
 from bert4rec.data import PrepareOptions, prepare_frame
-from bert4rec.errors import ConfigError
+from bert4rec.errors import ConfigError, RunError
 from bert4rec.evaluation import evaluate
 from bert4rec.model import BERT4RecConfig
 from bert4rec.presets import load_preset, parse_assignment
 from bert4rec.synthetic import generate
-from bert4rec.training import TrainConfig, Trainer, lr_factor
+from bert4rec.training import DIVERGED, TrainConfig, Trainer, lr_factor
 
 
 def planted(num_users: int = 300, num_items: int = 40, seed: int = 0):  # type: ignore[no-untyped-def]
@@ -221,10 +222,33 @@ def test_window_step_none_from_the_command_line() -> None:
     assert load_preset("ml-1m", {"window_step": None}).train.window_step is None
 
 
-def test_a_diverged_run_stops_and_scores_nothing() -> None:
+def test_a_run_diverged_from_the_start_keeps_nothing() -> None:
     data = planted(num_users=60)
-    result = Trainer(data, small_model(data.num_items), quick(epochs=20, lr=1e30, patience=0),
-                     progress=False).fit()
-    assert result.state.stopped.startswith("diverged")
-    assert result.state.epoch < 20
-    assert result.valid_metrics.get("NDCG@10", 0.0) < 0.5  # NaN scores rank the target last
+    trainer = Trainer(data, small_model(data.num_items), quick(epochs=20, lr=1e30, patience=0),
+                      progress=False)
+    with pytest.raises(RunError, match=r"diverged .* in epoch 1, before any epoch worth keeping"):
+        trainer.fit()
+
+
+class _DivergesAtEpoch3(Trainer):
+    """Trains normally for two epochs, then its weights and loss turn NaN."""
+
+    def train_step(self, *args: Any, **kwargs: Any) -> float:
+        if self.state.epoch < 2:
+            return super().train_step(*args, **kwargs)
+        with torch.no_grad():
+            for p in self.model.parameters():
+                p.fill_(float("nan"))
+        self.state.step += 1
+        return float("nan")
+
+
+def test_a_diverged_run_keeps_its_last_good_weights() -> None:
+    data = planted(num_users=60)
+    result = _DivergesAtEpoch3(data, small_model(data.num_items),
+                               quick(epochs=6, eval_every=1, patience=0), progress=False).fit()
+    assert result.state.stopped == DIVERGED and result.state.epoch == 3
+    assert result.state.best_epoch in (1, 2)
+    assert "valid_NDCG@10" not in result.state.history[-1]  # the NaN epoch is never scored
+    assert all(torch.isfinite(p).all() for p in result.model.parameters())
+    assert result.valid_metrics["NDCG@10"] == pytest.approx(result.state.best_metric)

@@ -46,6 +46,7 @@ __all__ = [
     "restoring",
     "rng_tensors",
     "start_over",
+    "tensors_file",
     "write_checkpoint",
 ]
 
@@ -55,12 +56,30 @@ _META = CHECKPOINT_META
 
 def write_checkpoint(run_dir: Path, tensors: dict[str, torch.Tensor], meta: dict[str, Any],
                      step: int) -> None:
-    """Write the checkpoint of ``run_dir`` at training step (or epoch) ``step``."""
+    """Write the checkpoint of ``run_dir`` at training step (or epoch) ``step``.
+
+    The tensors go to a file of their step, then the JSON, written whole, names it: stopped at
+    any point, the folder holds the previous checkpoint or this one, never a mix or neither.
+    Tensor files the JSON no longer names are removed last."""
     folder = run_dir / CHECKPOINT_DIR
     folder.mkdir(parents=True, exist_ok=True)
-    atomic_write(folder / _TENSORS,
+    name = f"state-{step}.safetensors"
+    atomic_write(folder / name,
                  lambda tmp: save_file(tensors, tmp, metadata={"step": str(step)}))
-    write_json(folder / _META, {**meta, "checkpoint_step": step})
+    write_json(folder / _META, {**meta, "checkpoint_step": step, "tensors": name})
+    for old in folder.glob("state*.safetensors"):
+        if old.name != name:
+            old.unlink(missing_ok=True)
+
+
+def tensors_file(run_dir: Path, meta: dict[str, Any]) -> Path:
+    """The tensors file that the checkpoint JSON ``meta`` of ``run_dir`` names (a checkpoint
+    from before step-named files: ``state.safetensors``)."""
+    name = meta.get("tensors", _TENSORS)
+    if not isinstance(name, str) or Path(name).name != name or not name.endswith(".safetensors"):
+        raise CheckpointError(f"{run_dir / CHECKPOINT_DIR} is damaged ({_META} names no tensors "
+                              "file); pass --overwrite to start over")
+    return run_dir / CHECKPOINT_DIR / name
 
 
 def read_checkpoint(run_dir: Path) -> tuple[dict[str, Any], dict[str, torch.Tensor]] | None:
@@ -73,16 +92,20 @@ def read_checkpoint(run_dir: Path) -> tuple[dict[str, Any], dict[str, torch.Tens
     damaged = f"{folder} is damaged ({{}}); pass --overwrite to start over"
     try:
         meta = json.loads((folder / _META).read_text(encoding="utf-8"))
-        tensors = load_file(str(folder / _TENSORS))
-        with safe_open(str(folder / _TENSORS), "pt") as handle:
-            written = (handle.metadata() or {}).get("step")
-    except (OSError, ValueError, SafetensorError) as exc:
+    except (OSError, ValueError) as exc:
         raise CheckpointError(damaged.format(exc)) from exc
     if not isinstance(meta, dict):
         raise CheckpointError(damaged.format(f"{_META} is not a JSON object"))
+    path = tensors_file(run_dir, meta)
+    try:
+        tensors = load_file(str(path))
+        with safe_open(str(path), "pt") as handle:
+            written = (handle.metadata() or {}).get("step")
+    except (OSError, ValueError, SafetensorError) as exc:
+        raise CheckpointError(damaged.format(exc)) from exc
     step = _step_of(meta)
     if step is not None and str(step) != written:
-        raise CheckpointError(damaged.format(f"{_META} is of step {step} but {_TENSORS} of "
+        raise CheckpointError(damaged.format(f"{_META} is of step {step} but {path.name} of "
                                              f"step {written}"))
     return meta, tensors
 
@@ -127,10 +150,10 @@ def remove_checkpoint(run_dir: Path) -> None:
     folder = run_dir / CHECKPOINT_DIR
     if not folder.is_dir():
         return
-    for name in (_TENSORS, _META, REPLACING):
+    for name in (_META, REPLACING):
         (folder / name).unlink(missing_ok=True)
-    for name in (_TENSORS, _META):
-        for leftover in folder.glob(f".{name}.*.tmp"):
+    for pattern in ("state*.safetensors", ".state*.safetensors.*.tmp", f".{_META}.*.tmp"):
+        for leftover in folder.glob(pattern):
             leftover.unlink(missing_ok=True)
     if not any(folder.iterdir()):
         folder.rmdir()

@@ -130,3 +130,12 @@ def recommend(
         ids_out[start : start + len(batch), :n] = ids_np
         scores_out[start : start + len(batch), :n] = values_np
     return ids_out, scores_out
+
+
+def scores_finite(model: Recommender, histories: Sequence[np.ndarray]) -> bool:
+    """Whether ``model`` scores every item finitely after each of ``histories``: weights that
+    blew up in training (a learning rate far too high) give inf or NaN scores, though each
+    weight may still be finite."""
+    with torch.no_grad():
+        return all(bool(torch.isfinite(block[:, 1 if start == 0 else 0 :]).all())
+                   for start, block in score_blocks(model, histories))

@@ -60,6 +60,7 @@ from bert4rec.errors import ConfigError, RunError
 from bert4rec.evaluation import check_valid_users, evaluate, validation_users
 from bert4rec.masking import cloze_mask, gather_windows, window_bounds
 from bert4rec.model import BERT4Rec, BERT4RecConfig, NegativeSample, gbce_beta
+from bert4rec.recommender import scores_finite
 from bert4rec.split import train_sequences
 from bert4rec.warmstart import cooccurrence_embeddings, popularity_bias
 
@@ -71,6 +72,9 @@ LATER_SETTINGS = ("loss", "num_negatives", "sampling_alpha", "gbce_t", "valid_us
                   "item_embedding_init", "ema_decay")
 ITEM_INITS = ("random", "cooccurrence")
 DIVERGED = "diverged: the loss is not finite; lower lr"
+PROBE = 8  # histories scored to tell whether the weights blew up
+NOTHING_KEPT = ("training diverged (the loss is not finite) in epoch {epoch}, before any epoch "
+                "worth keeping; nothing is saved. Lower lr and start over with --overwrite")
 
 
 @dataclass(frozen=True)
@@ -293,6 +297,9 @@ class Trainer:
             raise ConfigError("no training sequences: every user has fewer than 3 items")
         base = train.offsets[users]
         self.starts, self.ends = base + starts, base + ends  # positions in train_items
+        # A few training windows whose scores tell weights that blew up (scores_finite).
+        self.probe = [self.train_items[a:b] for a, b in zip(self.starts[:PROBE],
+                                                             self.ends[:PROBE], strict=True)]
         self.sampler: NegativeSampler | None = None
         self.gbce_beta: float | None = None
         if config.loss != "softmax":
@@ -478,10 +485,16 @@ class Trainer:
                 "loss": float(np.mean(losses)) if losses else float("nan"),
                 "elapsed": round(self.state.elapsed, 2),
             }
-            if losses and not math.isfinite(record["loss"]):
-                stop = stop or DIVERGED  # every step from here on would be NaN too
+            diverged = bool(losses) and not math.isfinite(record["loss"])
             finished = self.state.epoch >= self.epochs or self.state.step >= self.total_steps
-            if (self.state.epoch % cfg.eval_every == 0 or finished or stop) and self.is_main:
+            if (self.state.epoch % cfg.eval_every == 0 or finished or stop or diverged) and (
+                    self.is_main):
+                # Weights that blew up are never kept, nor scored: every step from here on
+                # would be NaN too.
+                diverged = diverged or not scores_finite(self.validated_model, self.probe)
+            if diverged:
+                stop = stop or DIVERGED
+            elif (self.state.epoch % cfg.eval_every == 0 or finished or stop) and self.is_main:
                 metrics = self.validate()
                 self.model.train()
                 record["valid_NDCG@10"] = metrics["NDCG@10"]
@@ -508,11 +521,13 @@ class Trainer:
         self.model.load_state_dict(self.best_weights)
         self.model.eval()
         self.average = None  # the model now holds the weights the run keeps
-        valid = self.validate() if self.state.best_epoch else {}
+        valid = self.validate() if self.state.best_epoch and self.is_main else {}
         if self.group is not None:  # every rank returns rank 0's result
             broadcast_module(self.model, self.group)
             state, valid = broadcast_json([asdict(self.state), valid], self.group)
             self.state = TrainState(**state)
+        if self.state.stopped == DIVERGED and not self.state.best_epoch:
+            raise RunError(NOTHING_KEPT.format(epoch=self.state.epoch))
         return TrainResult(self.model, self.state, valid)
 
     def _elapsed(self, started: float) -> float:
