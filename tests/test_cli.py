@@ -387,6 +387,7 @@ def test_module_entry_point_prints_help() -> None:
     ("bpr", ["--epochs", "0"], "epochs must be at least 1"),
     ("bpr", ["--set", "eval_every=0"], "eval_every must be at least 1"),
     ("sasrec", ["--set", "hidden_size=abc"], "hidden_size must be a whole number"),
+    ("bpr", ["--set", "lr=nan"], "lr must be a finite number, not nan"),
 ])
 def test_training_flags_are_checked_before_training(
     tmp_path: Path, log: Path, capsys: pytest.CaptureFixture[str], model: str,

@@ -6,8 +6,9 @@ import json
 from pathlib import Path
 
 import pytest
+import torch
 
-from bert4rec import synthetic
+from bert4rec import checkpoints, synthetic
 from bert4rec.cli import main
 from bert4rec.runs import load_model
 
@@ -170,6 +171,9 @@ def test_epochs_and_seed_flags_win_over_the_preset(
     (["--threads", "-1"], "threads must be at least 1"),
     (["--set", "max_steps=-5"], "max_steps must be at least 1"),
     (["--time-budget", "0"], "time_budget must be above 0"),
+    (["--time-budget", "nan"], "time_budget must be a finite number or none, not nan"),
+    (["--set", "lr=nan"], "lr must be a finite number, not nan"),
+    (["--set", "lr=inf"], "lr must be a finite number, not inf"),
 ])
 def test_bad_training_values_are_refused_by_name(
     tmp_path: Path, log_path: Path, capsys: pytest.CaptureFixture[str], setting: list[str],
@@ -180,3 +184,29 @@ def test_bad_training_values_are_refused_by_name(
     assert code == 2
     assert says in capsys.readouterr().err
     assert not (tmp_path / "x" / "run.json").exists()
+
+
+@pytest.mark.parametrize("model", ["bert4rec", "sasrec"])
+def test_overwrite_keeps_the_checkpoint_when_a_setting_is_refused(
+    tmp_path: Path, log_path: Path, capsys: pytest.CaptureFixture[str], model: str
+) -> None:
+    out = tmp_path / "run"
+    checkpoints.write_checkpoint(out, {"x": torch.zeros(1)}, {"identity": {}}, step=1)
+    bad = "num_heads=3" if model == "bert4rec" else "hidden_size=abc"
+    assert main(["train", "--model", model, "--data", str(log_path), "--output", str(out),
+                 "--overwrite", "--set", bad]) == 2
+    assert "error:" in capsys.readouterr().err
+    assert checkpoints.read_checkpoint(out) is not None  # the unfinished run is still there
+
+
+def test_a_file_where_the_checkpoint_goes_is_refused_before_training(
+    tmp_path: Path, log_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / "checkpoint").write_text("mine")
+    assert main(["train", "--model", "bert4rec", "--data", str(log_path), "--output",
+                 str(out)]) == 2
+    assert "run/checkpoint is a file, where training keeps its checkpoint" in \
+        capsys.readouterr().err
+    assert (out / "checkpoint").read_text() == "mine"

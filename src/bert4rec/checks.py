@@ -5,6 +5,7 @@ traceback deep in training), and the common ranges."""
 from __future__ import annotations
 
 import dataclasses
+import math
 import numbers
 import types
 import typing
@@ -14,7 +15,7 @@ from bert4rec.errors import ConfigError
 
 _KINDS: dict[Any, tuple[type, str]] = {
     int: (numbers.Integral, "a whole number"),
-    float: (numbers.Real, "a number"),
+    float: (numbers.Real, "a finite number"),
     str: (str, "text"),
     bool: (bool, "true or false"),
 }
@@ -74,10 +75,12 @@ def _allowed(hint: Any) -> list[Any] | None:
 
 
 def is_kind(value: Any, kind: Any) -> bool:
-    """``value`` is of ``kind``: int (any integer, not a bool), float (any real number, not a
-    bool), str, bool, or None."""
+    """``value`` is of ``kind``: int (any integer, not a bool), float (any finite real number,
+    not a bool), str, bool, or None."""
     if kind is None:
         return value is None
     if kind is bool:
         return isinstance(value, bool)
+    if kind is float and isinstance(value, numbers.Real) and not math.isfinite(value):
+        return False  # nan and inf are no setting's value
     return isinstance(value, _KINDS[kind][0]) and not isinstance(value, bool)

@@ -408,8 +408,9 @@ def _overrides(args: argparse.Namespace, bert4rec: bool = False) -> dict[str, An
 def _train_baseline(
     args: argparse.Namespace, data: Interactions, options: PrepareOptions, titles: dict[Any, str]
 ) -> int:
-    from bert4rec.baselines import save_baseline, train_baseline
+    from bert4rec.baselines import baseline_config, save_baseline, train_baseline
 
+    baseline_config(args.model, data.num_items, _overrides(args))  # checked before any removal
     if args.overwrite:
         start_over(args.output)
     log = None if args.quiet else _say
@@ -443,9 +444,11 @@ def _train_bert4rec(
     args: argparse.Namespace, data: Interactions, options: PrepareOptions, titles: dict[Any, str]
 ) -> int:
     from bert4rec.api import train
+    from bert4rec.presets import load_preset
 
     overrides = _overrides(args, bert4rec=True)
     preset = args.preset or "default"
+    load_preset(preset, overrides).model_config(data.num_items)  # checked before any removal
     if args.overwrite and distributed.is_main():
         start_over(args.output)
     distributed.barrier()  # no process may resume from what rank 0 is removing

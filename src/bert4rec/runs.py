@@ -132,6 +132,10 @@ def check_output(run_dir: Path, overwrite: bool, resumable: bool = False) -> Non
         )
     if run_dir.exists() and not run_dir.is_dir():
         raise RunError(f"{run_dir} exists and is not a directory")
+    if resumable and (run_dir / CHECKPOINT_DIR).exists() and not (
+            run_dir / CHECKPOINT_DIR).is_dir():
+        raise RunError(f"{run_dir / CHECKPOINT_DIR} is a file, where training keeps its "
+                       "checkpoint; move it or choose another --output")
     check_folder(run_dir.parent)
 
 
