@@ -75,6 +75,22 @@ def test_more_epochs_go_on_and_other_settings_are_refused(
     assert [record["epoch"] for record in fitted.history] == [1, 2]
 
 
+@pytest.mark.parametrize(("left_out", "says"), [
+    ("best.", "the best weights do not match the model"),
+    ("optim.", "the optimiser state is missing"),
+])
+def test_a_checkpoint_missing_tensors_is_refused_before_training(
+    data: Interactions, tmp_path: Path, left_out: str, says: str
+) -> None:
+    train_baseline("gru4rec+", data, {**SMALL, "epochs": 1}, run_dir=tmp_path)
+    meta, tensors = checkpoints.read_checkpoint(tmp_path)  # type: ignore[misc]
+    kept = {k: v for i, (k, v) in enumerate(tensors.items())
+            if not (k.startswith(left_out) and (left_out == "optim." or i % 2))}
+    checkpoints.write_checkpoint(tmp_path, kept, meta, meta["checkpoint_step"])
+    with pytest.raises(CheckpointError, match=says):
+        train_baseline("gru4rec+", data, {**SMALL, "epochs": 2}, run_dir=tmp_path)
+
+
 def test_a_finished_checkpoint_trains_no_further(
     data: Interactions, tmp_path: Path, watch_checkpoints: Watch
 ) -> None:

@@ -163,6 +163,19 @@ def test_resume_refuses_other_settings(tmp_path: Path, monkeypatch: pytest.Monke
                 progress=False).fit()
 
 
+def test_resuming_with_more_epochs_says_the_learning_rate_changes(tmp_path: Path) -> None:
+    data = planted(num_users=60)
+    Trainer(data, small_model(data.num_items), quick(epochs=1), run_dir=tmp_path,
+            progress=False).fit()
+    lines: list[str] = []
+    trainer = Trainer(data, small_model(data.num_items), quick(epochs=2), run_dir=tmp_path,
+                      progress=False, log=lines.append)
+    trainer.fit()
+    total = trainer.total_steps
+    assert any(f"the learning rate now decays over {total} steps (time budget None), not "
+               f"{total // 2} (time budget None)" in line for line in lines)
+
+
 def test_time_budget_stops_and_keeps_best_weights() -> None:
     data = planted(num_users=60)
     result = Trainer(data, small_model(data.num_items), quick(epochs=1000, time_budget=1.0),

@@ -47,6 +47,7 @@ __all__ = [
     "rng_tensors",
     "start_over",
     "tensors_file",
+    "weights_like",
     "write_checkpoint",
 ]
 
@@ -185,6 +186,23 @@ def prefixed(tensors: dict[str, torch.Tensor], prefix: str) -> dict[str, torch.T
     return {k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)}
 
 
+def weights_like(reference: dict[str, torch.Tensor], tensors: dict[str, torch.Tensor],
+                 prefix: str) -> dict[str, torch.Tensor]:
+    """The weights saved under ``prefix``, on ``reference``'s devices, checked to have exactly
+    its names and shapes (a ValueError otherwise: within :func:`restoring`, a damaged
+    checkpoint)."""
+    saved = prefixed(tensors, prefix)
+    if saved.keys() != reference.keys():
+        missing = sorted(reference.keys() - saved.keys()) or sorted(saved.keys() - reference.keys())
+        raise ValueError(f"the {prefix.rstrip('.')} weights do not match the model "
+                         f"({', '.join(missing[:3])})")
+    for name, value in saved.items():
+        if value.shape != reference[name].shape:
+            raise ValueError(f"{prefix}{name} has shape {tuple(value.shape)}, not "
+                             f"{tuple(reference[name].shape)}")
+    return {name: value.to(reference[name].device) for name, value in saved.items()}
+
+
 def optimizer_tensors(optimizer: torch.optim.Optimizer) -> dict[str, torch.Tensor]:
     """The optimiser's per-parameter slots as ``optim.<index>.<slot>`` tensors."""
     tensors = {}
@@ -208,6 +226,8 @@ def restore_optimizer(optimizer: torch.optim.Optimizer, tensors: dict[str, torch
     for key, value in prefixed(tensors, "optim.").items():
         index, slot = key.split(".", 1)
         state.setdefault(int(index), {})[slot] = value
+    if not state:  # a checkpoint follows at least one step, which gives the optimiser state
+        raise ValueError("the optimiser state is missing")
     current = optimizer.state_dict()["param_groups"]
     for group, saved in zip(current, groups, strict=True):
         group.update({k: v for k, v in saved.items() if k != "params"})

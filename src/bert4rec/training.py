@@ -589,6 +589,8 @@ class Trainer:
             "dropout_masks": self.model.dropout_masks.get_state(),
             "state": asdict(self.state),
             "param_groups": checkpoints.optimizer_groups(self.optimizer),
+            "schedule": {"total_steps": self.total_steps,
+                         "time_budget": self.config.time_budget},
         }
         checkpoints.write_checkpoint(self.run_dir, tensors, meta, self.state.step)
 
@@ -601,8 +603,7 @@ class Trainer:
         checkpoints.check_identity(meta, self._identity(), self.run_dir)
         with checkpoints.restoring(self.run_dir):
             self.model.load_state_dict(checkpoints.prefixed(tensors, "model."))
-            self.best_weights = {k: v.to(self.device)
-                                 for k, v in checkpoints.prefixed(tensors, "best.").items()}
+            self.best_weights = checkpoints.weights_like(self.best_weights, tensors, "best.")
             if self.average is not None:
                 self.average.load_state_dict(checkpoints.prefixed(tensors, "average."))
             checkpoints.restore_optimizer(self.optimizer, tensors, meta["param_groups"])
@@ -612,6 +613,12 @@ class Trainer:
             self.state = TrainState(**meta["state"])
         self.log(f"resumed from {self.run_dir / checkpoints.CHECKPOINT_DIR} at epoch "
                  f"{self.state.epoch} (step {self.state.step})")
+        before = meta.get("schedule")
+        now = {"total_steps": self.total_steps, "time_budget": self.config.time_budget}
+        if isinstance(before, dict) and before != now:
+            self.log(f"the learning rate now decays over {self.total_steps} steps (time budget "
+                     f"{self.config.time_budget}), not {before.get('total_steps')} (time budget "
+                     f"{before.get('time_budget')}), so it changes from this step on")
 
 
 def _clock(seconds: float) -> str:

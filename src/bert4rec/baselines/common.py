@@ -192,8 +192,7 @@ def fit_loop(
         checkpoints.check_identity(meta, identity, run_dir)
         with checkpoints.restoring(run_dir):
             model.load_state_dict(checkpoints.prefixed(tensors, "model."))
-            best = {k: v.to(model.device)
-                    for k, v in checkpoints.prefixed(tensors, "best.").items()}
+            best = checkpoints.weights_like(best, tensors, "best.")
             checkpoints.restore_optimizer(optimizer, tensors, meta["param_groups"])
             checkpoints.restore_rng(tensors, generator, model.device)
             result, bad = FitResult(**meta["result"]), int(meta["bad"])
