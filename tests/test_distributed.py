@@ -145,3 +145,46 @@ def test_two_processes_match_one_process_on_the_whole_batch(tmp_path: Path) -> N
     run.check_data(load_interactions(path))
     ids, _ = bert4rec.recommend(model, [np.array([1, 2, 3])], k=5)
     assert ids.shape == (1, 5) and (ids > 0).all()
+
+
+def _torchrun(args: list[str], tmp_path: Path) -> subprocess.CompletedProcess[str]:
+    src = str(Path(bert4rec.__file__).resolve().parents[1])
+    env = os.environ | {"PYTHONPATH": os.pathsep.join([src, os.environ.get("PYTHONPATH", "")]),
+                        "OMP_NUM_THREADS": "1", "BERT4REC_CACHE": str(tmp_path / "cache")}
+    return subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2",
+         "--master-addr", "127.0.0.1", "--master-port", str(_free_port()), *args],
+        capture_output=True, text=True, timeout=120, env=env, check=False)
+
+
+def test_a_failure_on_rank_0_stops_every_rank_with_its_message(tmp_path: Path) -> None:
+    bad = tmp_path / "bad.csv"
+    bad.write_text("user,item\nu1,\nu2,b\n")
+    done = _torchrun(["-m", "bert4rec", "train", "--model", "bert4rec", "--data", str(bad),
+                      "--output", str(tmp_path / "run"), *SETTINGS], tmp_path)
+    assert done.returncode != 0
+    assert "error: " in done.stderr and "line 2" in done.stderr  # rank 0's own message
+    assert "rank 0 stopped" in done.stderr  # rank 1 says why it stops, with no traceback
+    assert "Connection closed" not in done.stderr
+
+
+def test_ranks_on_different_data_are_refused_not_left_waiting(tmp_path: Path) -> None:
+    for rank, users in ((0, 40), (1, 60)):
+        synthetic.write(tmp_path / f"log{rank}.csv", synthetic.generate(
+            num_users=users, num_items=30, min_length=5, max_length=14, seed=rank))
+    script = tmp_path / "train.py"
+    script.write_text(
+        "import os\n"
+        "from bert4rec.api import train\n"
+        "from bert4rec.data import load_interactions\n"
+        "from bert4rec.errors import RunError\n"
+        f"data = load_interactions(r'{tmp_path}/log' + os.environ['RANK'] + '.csv')\n"
+        "try:\n"
+        "    train(data, 'demo', epochs=1, threads=1, progress=False, log=None)\n"
+        "except RunError as exc:\n"
+        "    print('refused:', exc)\n"
+        "    raise SystemExit(2)\n")
+    done = _torchrun([str(script)], tmp_path)
+    assert done.returncode != 0
+    assert "refused: the processes of this torchrun hold different data or settings" in \
+        done.stdout

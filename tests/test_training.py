@@ -265,3 +265,18 @@ def test_a_diverged_run_keeps_its_last_good_weights() -> None:
     assert "valid_NDCG@10" not in result.state.history[-1]  # the NaN epoch is never scored
     assert all(torch.isfinite(p).all() for p in result.model.parameters())
     assert result.valid_metrics["NDCG@10"] == pytest.approx(result.state.best_metric)
+
+
+def test_the_api_replaces_a_finished_run_only_when_asked(tmp_path: Path) -> None:
+    import bert4rec
+
+    data = planted(num_users=60)
+    small = {"epochs": 1, "threads": 1, "hidden_size": 16, "max_len": 12, "progress": False,
+             "log": None}
+    bert4rec.train(data, "demo", tmp_path, **small)
+    before = (tmp_path / "model.safetensors").read_bytes()
+    with pytest.raises(RunError, match="already holds a finished run; pass --overwrite"):
+        bert4rec.train(data, "demo", tmp_path, **{**small, "seed": 5})
+    assert (tmp_path / "model.safetensors").read_bytes() == before
+    bert4rec.train(data, "demo", tmp_path, overwrite=True, **{**small, "seed": 5})
+    assert (tmp_path / "model.safetensors").read_bytes() != before

@@ -39,7 +39,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from bert4rec.checkpoints import has_checkpoint, remove_checkpoint
+from bert4rec.checkpoints import has_checkpoint, start_over
 from bert4rec.data import Interactions, PrepareOptions
 from bert4rec.errors import CheckpointError, ConfigError
 from bert4rec.evaluation import (
@@ -218,15 +218,16 @@ def commit_info() -> dict[str, Any]:
 def _train(
     model: str, data: Interactions, settings: dict[str, Any], preset: str, run_dir: Path,
     options: PrepareOptions, titles: dict[Any, str] | None, progress: bool,
-    log: Callable[[str], None] | None,
+    log: Callable[[str], None] | None, fresh: bool = True,
 ) -> tuple[Any, dict[str, Any]]:
-    """Train ``model`` into ``run_dir``; the recommender and its training record."""
+    """Train ``model`` into ``run_dir`` (``fresh``: from the start, else from its
+    checkpoint); the recommender and its training record."""
     seed = settings["seed"]
     if model == "bert4rec":
         from bert4rec.api import train
 
         result = train(data, preset, run_dir, options=options, titles=titles,
-                       progress=progress, log=log, **settings)
+                       progress=progress, log=log, overwrite=fresh, **settings)
         state = result.state
         return result.model, {"train_seconds": state.elapsed, "epochs": state.epoch,
                               "best_epoch": state.best_epoch, "stopped": state.stopped,
@@ -280,7 +281,7 @@ def _run(
     wall = time.perf_counter()
     try:
         recommender, record = _train(model, data, settings, preset, run_dir, options, titles,
-                                     progress, log)
+                                     progress, log, fresh=not resumed)
     except CheckpointError as exc:
         if not resumed:
             raise
@@ -312,8 +313,9 @@ def _run(
 
 
 def _start_over(run_dir: Path, key: dict[str, Any], commit: str) -> dict[str, Any]:
-    """Remove an unfinished run's checkpoint from ``run_dir`` and note the run starting."""
-    remove_checkpoint(run_dir)
+    """Remove an unfinished run's checkpoint from ``run_dir`` (a finished run there is
+    replaced when the new one is saved) and note the run starting."""
+    start_over(run_dir)
     started = {"key": key, "commit": commit,
                "date": datetime.now(UTC).isoformat(timespec="seconds")}
     write_json(run_dir / STARTED, started)

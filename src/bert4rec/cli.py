@@ -347,15 +347,18 @@ def cmd_train(args: argparse.Namespace) -> int:
         from bert4rec.presets import load_preset
 
         device = load_preset(args.preset or "default", _overrides(args, True)).train.device
-        with distributed.session(device):  # several processes under torchrun, else nothing
+        with distributed.session(device) as group:  # several processes under torchrun
             options = _prepare_options(args)
             # Rank 0 downloads and prepares the data first; the others then read its cache.
-            if not distributed.is_main():
-                distributed.barrier()
-            data = _load(args, options)
+            # A failure on any rank stops them all, with its message.
             if distributed.is_main():
-                distributed.barrier()
-            titles = find_titles(data.source, data.vocab)
+                with distributed.on_main(group):
+                    data = _load(args, options)
+            distributed.broadcast_json(None, group)
+            with distributed.together(group):
+                if not distributed.is_main():
+                    data = _load(args, options)
+                titles = find_titles(data.source, data.vocab)
             return _train_bert4rec(args, data, options, titles)
     if distributed.launched():
         raise DataError(f"torchrun trains bert4rec only; train {args.model} in one process "
@@ -444,18 +447,15 @@ def _train_bert4rec(
     args: argparse.Namespace, data: Interactions, options: PrepareOptions, titles: dict[Any, str]
 ) -> int:
     from bert4rec.api import train
-    from bert4rec.presets import load_preset
 
     overrides = _overrides(args, bert4rec=True)
     preset = args.preset or "default"
-    load_preset(preset, overrides).model_config(data.num_items)  # checked before any removal
-    if args.overwrite and distributed.is_main():
-        start_over(args.output)
-    distributed.barrier()  # no process may resume from what rank 0 is removing
     _say(f"training bert4rec, preset {preset}")
     try:
+        # Every setting is checked before --overwrite removes anything.
         result = train(data, preset, args.output, options=options, titles=titles,
-                       progress=not args.quiet, log=_say, **overrides)
+                       progress=not args.quiet, log=_say, overwrite=args.overwrite,
+                       **overrides)
     except KeyboardInterrupt:
         _interrupted(args)
         raise

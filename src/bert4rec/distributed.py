@@ -15,7 +15,7 @@ import gc
 import json
 import os
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from typing import Any
 
@@ -23,6 +23,9 @@ import torch
 import torch.distributed as dist
 
 from bert4rec.device import resolve_device
+from bert4rec.errors import RunError
+
+_FAILED = "bert4rec: rank 0 failed"  # the key of what rank 0 broadcasts instead, failing
 
 
 @dataclass(frozen=True)
@@ -120,7 +123,8 @@ def broadcast_float(value: float, group: Distributed | None) -> float:
 
 def broadcast_json(value: Any, group: Distributed | None) -> Any:
     """Rank 0's ``value`` (anything JSON can hold) on every rank; sent as JSON text, never as a
-    pickle."""
+    pickle. Where rank 0 failed in :func:`on_main` before it, the other ranks raise
+    :class:`RunError` here instead."""
     if group is None:
         return value
     data = json.dumps(value).encode() if group.is_main else b""
@@ -130,7 +134,43 @@ def broadcast_json(value: Any, group: Distributed | None) -> Any:
     if group.is_main:
         buffer = torch.frombuffer(bytearray(data), dtype=torch.uint8)
     dist.broadcast(buffer, src=0)
-    return json.loads(bytes(buffer.tolist()).decode())
+    received = json.loads(bytes(buffer.tolist()).decode())
+    if isinstance(received, dict) and _FAILED in received and not group.is_main:
+        raise RunError(f"rank 0 stopped ({received[_FAILED]}); this process stops with it")
+    return received
+
+
+@contextmanager
+def on_main(group: Distributed | None) -> Iterator[None]:
+    """Around work that rank 0 does alone while the other ranks wait in :func:`broadcast_json`
+    for its outcome (loading the data first, validating, writing a checkpoint or the run): if
+    it fails, they are told, and stop with a :class:`RunError`, rather than wait on a process
+    that is gone (or crash on its closed connection)."""
+    try:
+        yield
+    except Exception as exc:  # Ctrl-C reaches every rank: nothing to tell
+        if group is not None and group.is_main:
+            with suppress(Exception):  # the others may be gone already
+                broadcast_json({_FAILED: f"{type(exc).__name__}: {exc}"}, group)
+        raise
+
+
+@contextmanager
+def together(group: Distributed | None) -> Iterator[None]:
+    """Around work every rank does on its own before they next meet: if it fails on some, the
+    others stop too (a :class:`RunError` naming them) instead of waiting for them."""
+    try:
+        yield
+    except Exception:
+        if group is not None:
+            with suppress(Exception):
+                all_gather_int(1, group)
+        raise
+    if group is not None:
+        failed = [rank for rank, flag in enumerate(all_gather_int(0, group)) if flag]
+        if failed:
+            raise RunError(f"process(es) {', '.join(map(str, failed))} of this torchrun "
+                           "failed (see their messages); this one stops with them")
 
 
 def all_reduce_mean(value: torch.Tensor, group: Distributed | None) -> torch.Tensor:

@@ -29,6 +29,8 @@ validates, logs and writes checkpoints, and tells the others when to stop.
 
 from __future__ import annotations
 
+import hashlib
+import json
 import math
 import time
 from collections.abc import Callable
@@ -54,6 +56,7 @@ from bert4rec.distributed import (
     broadcast_json,
     broadcast_module,
     current,
+    on_main,
     share,
 )
 from bert4rec.errors import ConfigError, RunError
@@ -460,7 +463,7 @@ class Trainer:
         cfg = self.config
         if self.run_dir is not None:
             self._try_resume()
-            self._check_resumed_together()
+        self._check_together()
         self.model.train()
         stop = self.state.stopped
         while not stop and self.state.epoch < self.epochs:
@@ -485,50 +488,65 @@ class Trainer:
                 "loss": float(np.mean(losses)) if losses else float("nan"),
                 "elapsed": round(self.state.elapsed, 2),
             }
-            diverged = bool(losses) and not math.isfinite(record["loss"])
-            finished = self.state.epoch >= self.epochs or self.state.step >= self.total_steps
-            if (self.state.epoch % cfg.eval_every == 0 or finished or stop or diverged) and (
-                    self.is_main):
-                # Weights that blew up are never kept, nor scored: every step from here on
-                # would be NaN too.
-                diverged = diverged or not scores_finite(self.validated_model, self.probe)
-            if diverged:
-                stop = stop or DIVERGED
-            elif (self.state.epoch % cfg.eval_every == 0 or finished or stop) and self.is_main:
-                metrics = self.validate()
-                self.model.train()
-                record["valid_NDCG@10"] = metrics["NDCG@10"]
-                record["valid_HR@10"] = metrics["HR@10"]
-                if metrics["NDCG@10"] > self.state.best_metric:
-                    self.state.best_metric = metrics["NDCG@10"]
-                    self.state.best_epoch = self.state.epoch
-                    self.state.bad_evals = 0
-                    self.best_weights = {k: v.detach().clone() for k, v
-                                         in self.validated_model.state_dict().items()}
-                else:
-                    self.state.bad_evals += 1
-                    if cfg.patience and self.state.bad_evals >= cfg.patience:
-                        stop = stop or "early stopping"
+            if self.is_main:
+                with on_main(self.group):  # the other ranks wait for its verdict
+                    stop = self._close_epoch(record, bool(losses), stop)
             stop = broadcast_json(stop, self.group)  # rank 0 decides for every rank
-            if self.state.step >= self.total_steps:
-                stop = stop or "steps done"
-            self.state.history.append(record)
-            self.state.stopped = stop
+            if not self.is_main:
+                self.state.history.append(record)
+                self.state.stopped = stop
             self._report(record)
-            if self.run_dir is not None and self.is_main:
-                self.save_checkpoint()
         self.state.stopped = stop or "epochs done"
         self.model.load_state_dict(self.best_weights)
         self.model.eval()
         self.average = None  # the model now holds the weights the run keeps
-        valid = self.validate() if self.state.best_epoch and self.is_main else {}
+        valid: dict[str, float] = {}
+        if self.is_main and self.state.best_epoch:
+            with on_main(self.group):
+                valid = self.validate()
         if self.group is not None:  # every rank returns rank 0's result
-            broadcast_module(self.model, self.group)
             state, valid = broadcast_json([asdict(self.state), valid], self.group)
             self.state = TrainState(**state)
+            broadcast_module(self.model, self.group)
         if self.state.stopped == DIVERGED and not self.state.best_epoch:
             raise RunError(NOTHING_KEPT.format(epoch=self.state.epoch))
         return TrainResult(self.model, self.state, valid)
+
+    def _close_epoch(self, record: dict[str, Any], trained: bool, stop: str) -> str:
+        """Rank 0's end of an epoch: check the weights, validate, keep the best weights,
+        decide whether to stop, write the checkpoint. Returns the reason to stop ("": none)."""
+        cfg = self.config
+        finished = self.state.epoch >= self.epochs or self.state.step >= self.total_steps
+        scored = self.state.epoch % cfg.eval_every == 0 or finished or bool(stop)
+        diverged = trained and not math.isfinite(record["loss"])
+        if scored or diverged:
+            # Weights that blew up are never kept, nor scored: every step from here on would
+            # be NaN too.
+            diverged = diverged or not scores_finite(self.validated_model, self.probe)
+        if diverged:
+            stop = stop or DIVERGED
+        elif scored:
+            metrics = self.validate()
+            self.model.train()
+            record["valid_NDCG@10"] = metrics["NDCG@10"]
+            record["valid_HR@10"] = metrics["HR@10"]
+            if metrics["NDCG@10"] > self.state.best_metric:
+                self.state.best_metric = metrics["NDCG@10"]
+                self.state.best_epoch = self.state.epoch
+                self.state.bad_evals = 0
+                self.best_weights = {k: v.detach().clone() for k, v
+                                     in self.validated_model.state_dict().items()}
+            else:
+                self.state.bad_evals += 1
+                if cfg.patience and self.state.bad_evals >= cfg.patience:
+                    stop = stop or "early stopping"
+        if self.state.step >= self.total_steps:
+            stop = stop or "steps done"
+        self.state.history.append(record)
+        self.state.stopped = stop
+        if self.run_dir is not None:
+            self.save_checkpoint()
+        return stop
 
     def _elapsed(self, started: float) -> float:
         """Seconds of training so far. Under torchrun with a time budget, rank 0's clock: the
@@ -538,7 +556,17 @@ class Trainer:
             elapsed = broadcast_float(elapsed, self.group)
         return elapsed
 
-    def _check_resumed_together(self) -> None:
+    def _check_together(self) -> None:
+        """Under torchrun, refuse processes that would train apart: on other data or settings
+        (their step counts would differ and the first to finish would leave the others
+        waiting) or from different checkpoints."""
+        if self.group is None:
+            return
+        plan = json.dumps([self._identity(), self.total_steps], sort_keys=True, default=str)
+        digest = int.from_bytes(hashlib.sha256(plan.encode()).digest()[:7], "big")
+        if len(set(all_gather_int(digest, self.group))) > 1:
+            raise RunError("the processes of this torchrun hold different data or settings: "
+                           "every one must read the same --data with the same options")
         steps = all_gather_int(self.state.step, self.group)
         if len(set(steps)) > 1:
             raise RunError(
