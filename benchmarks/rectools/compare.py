@@ -17,7 +17,9 @@ all alike; medians are reported.
 **Quality.** ``--quality-budget SECONDS`` has ``peer.py`` train each model for that long and
 write every user's top 100 for the test case; ``--recs MODEL=FILE`` scores such files. The
 test item's rank in the list gives HR@k and NDCG@k exactly for k <= 100 (the list is the
-peer's full ranking with seen items removed, the same exclusion our ``full`` protocol makes);
+peer's full ranking with seen items removed, the same exclusion our ``full`` protocol makes,
+except for a test item that repeats a history item: the peer drops it, ours ranks it; the
+report counts such users, none on ML-1m, and warns where there are any);
 a test item outside the list is counted at the bottom of the ranking, so MRR is a lower bound,
 exact when every test item is within the top 100 (its upper bound is given beside it).
 ``--ours-budget SECONDS`` trains ours at the same settings for that long and evaluates it
@@ -198,14 +200,26 @@ def score_recommendations(data: Interactions, path: Path) -> dict[str, Any]:
     low = metrics_from_ranks(greater_low, ties)
     high = metrics_from_ranks(greater_high, ties, names=["MRR"])
     item_index = data.vocab.index
+    unknown_users = set(recs["user"].tolist()) - set(frame["user"].tolist())
+    unknown_items = set(recs["item"].tolist()) - set(item_index)
+    if unknown_users or unknown_items:
+        sys.exit(f"{path}: {len(unknown_users)} user(s) and {len(unknown_items)} item(s) of the "
+                 "lists are not in the data; the lists were made on other data")
     seen_in_lists = 0
     by_user = recs.groupby("user")["item"].agg(list)
     for user, history in zip(frame["user"].tolist(), histories, strict=True):
         listed_items = by_user.get(user, [])
         internal = np.array([item_index[i] for i in listed_items], dtype=np.int64)
         seen_in_lists += int(np.isin(internal, history).sum())
+    if seen_in_lists:  # the peer removes every seen item: these lists are of another split
+        sys.exit(f"{path}: the lists hold {seen_in_lists} item(s) of the users' histories; "
+                 "they were made on other data or another split")
     repeats = sum(int(t in set(h.tolist())) for h, t in zip(histories, cases.targets.tolist(),
                                                            strict=True))
+    if repeats:
+        print(f"warning: {repeats} test item(s) repeat a history item; the peer's lists leave "
+              "them out (counted at the bottom), while our full protocol ranks them",
+              file=sys.stderr)
     return {
         "file": str(path),
         "users": len(cases),
