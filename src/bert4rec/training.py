@@ -76,7 +76,7 @@ LATER_SETTINGS = ("loss", "num_negatives", "sampling_alpha", "gbce_t", "valid_us
 ITEM_INITS = ("random", "cooccurrence")
 DIVERGED = "diverged: the loss is not finite; lower lr"
 PROBE = 8  # histories scored to tell whether the weights blew up
-NOTHING_KEPT = ("training diverged (the loss is not finite) in epoch {epoch}, before any epoch "
+NOTHING_KEPT = ("training diverged (loss or scores not finite) in epoch {epoch}, before any epoch "
                 "worth keeping; nothing is saved. Lower lr and start over with --overwrite")
 
 
