@@ -3,12 +3,15 @@ that name the file and line, and the prepared-data cache."""
 
 from __future__ import annotations
 
+import gzip
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
 
 from bert4rec import data
@@ -88,7 +91,9 @@ def test_movielens_dat_sorts_by_time_stably_within_user(write_file: WriteFile) -
     frame = read_log(path)
     prepared = load_interactions(path, KEEP_ALL)
 
-    assert frame.columns.tolist() == ["user", "item", "rating", "timestamp"]
+    assert frame.columns.tolist() == ["user", "item", "timestamp"]  # ratings only to filter
+    assert read_log(path, PrepareOptions(min_rating=1)).columns.tolist() == [
+        "user", "item", "rating", "timestamp"]
     assert frame["timestamp"].tolist() == [300, 20, 100, 200, 100, 50, 10]
     assert sequences_of(prepared) == {1: [14, 11, 13, 12, 10], 2: [10, 12]}
 
@@ -103,7 +108,7 @@ def test_movielens_ratings_csv(write_file: WriteFile) -> None:
     prepared = load_interactions(path, KEEP_ALL)
 
     assert sequences_of(prepared) == {1: [1029, 31, 1061], 2: [10]}
-    assert read_log(path)["rating"].tolist() == [2.5, 3.0, 4.0, 3.0]
+    assert read_log(path, PrepareOptions(min_rating=1))["rating"].tolist() == [2.5, 3.0, 4.0, 3.0]
 
 
 def test_recbole_inter_file(write_file: WriteFile) -> None:
@@ -174,6 +179,68 @@ def test_data_frame_with_explicit_time_column() -> None:
     prepared = load_interactions(frame, PrepareOptions(min_user_count=0, time_col="when"))
 
     assert sequences_of(prepared) == {"u": ["b", "c", "a"]}
+
+
+def test_parquet_ids_keep_their_values(tmp_path: Path) -> None:
+    path = tmp_path / "log.parquet"
+    pq.write_table(pa.table({  # floats where a missing value made pandas store 10 as 10.0
+        "user": pa.array([2**63 + 5, 2**63 + 5, 7], pa.uint64()), "item": [10.0, 11.0, 10.0],
+    }), path)
+
+    prepared = load_interactions(path, KEEP_ALL)
+
+    assert sequences_of(prepared) == {"7": [10], "9223372036854775813": [10, 11]}
+
+
+def test_parquet_list_column_is_not_an_id(tmp_path: Path) -> None:
+    path = tmp_path / "log.parquet"
+    pq.write_table(pa.table({"user": [1, 2], "item": [[1, 2], [3]]}), path)
+
+    with pytest.raises(DataError, match=r"log\.parquet: line 1: the item column holds lists or "
+                       "records, not single ids"):
+        read_log(path)
+
+
+def test_filtered_frame_and_its_parquet_keep_each_rows_time(tmp_path: Path) -> None:
+    # A filtered, re-sorted frame has a non-default index; times are matched by position.
+    frame = pd.DataFrame({
+        "user": ["u"] * 4 + ["v"] * 4, "item": list("abcdabcd"),
+        "rating": [5, 1, 5, 5, 5, 5, 1, 5], "timestamp": [4, 3, 2, 1, 1, 2, 3, 4],
+    })
+    kept = frame[frame["item"] != "c"].sort_values("user", ascending=False)
+    kept.to_parquet(tmp_path / "kept.parquet")
+    options = PrepareOptions(min_user_count=0, min_rating=5)
+
+    for data_ in (kept, tmp_path / "kept.parquet"):
+        prepared = load_interactions(data_, options, use_cache=False)
+        assert sequences_of(prepared) == {"u": ["d", "a"], "v": ["a", "b", "d"]}
+
+
+def test_date_and_time_columns_are_combined(write_file: WriteFile, tmp_path: Path) -> None:
+    path = write_file("log.csv", "user,item,date,time\nu,a,2021-03-01,23:00\nu,b,2021-03-02,01:00\n"
+                      "u,c,2021-03-01,22:00\n")
+    pd.read_csv(path).to_parquet(tmp_path / "log.parquet")
+
+    for data_ in (path, tmp_path / "log.parquet"):
+        assert sequences_of(load_interactions(data_, KEEP_ALL)) == {"u": ["c", "a", "b"]}
+
+
+def test_ratings_are_read_only_to_filter_by_them(write_file: WriteFile) -> None:
+    path = write_file("log.csv", "user_id,item_id,value\nu,a,click\nu,b,purchase\nu,c,\n")
+
+    assert sequences_of(load_interactions(path, KEEP_ALL)) == {"u": ["a", "b", "c"]}
+    with pytest.raises(DataError, match=r"log\.csv: line 2: rating 'click' is not a number"):
+        load_interactions(path, PrepareOptions(min_user_count=0, min_rating=1))
+
+
+def test_byte_order_mark_is_not_part_of_the_first_id(write_file: WriteFile) -> None:
+    sequences = write_file("seqs.txt", "\ufeff1 10 11\n2 10\n")
+    ratings = write_file("ratings.dat", "\ufeff1::10::5::2\n1::11::4::1\n")
+    marked = write_file("log.csv", "\ufeff# synthetic\nuser,item\nu,a\n")
+
+    assert sequences_of(load_interactions(sequences, KEEP_ALL)) == {1: [10, 11], 2: [10]}
+    assert sequences_of(load_interactions(ratings, KEEP_ALL)) == {1: [11, 10]}
+    assert load_interactions(marked, KEEP_ALL).synthetic
 
 
 @pytest.mark.parametrize(
@@ -373,12 +440,81 @@ def test_movielens_line_with_missing_field_names_the_line(write_file: WriteFile)
         read_log(path)
 
 
+@pytest.mark.parametrize(
+    "text", ["user,item\nu1,a,5\nu2,b,6\n", "user,item,timestamp\n1,10,100,0\n"]
+)
+def test_csv_row_with_a_field_more_than_the_header_names_the_line(
+    write_file: WriteFile, text: str
+) -> None:
+    path = write_file("log.csv", text)
+
+    with pytest.raises(DataError, match=r"log\.csv: line 2: more fields than the [23] named on "
+                       "the header line"):
+        read_log(path)
+
+
+def test_csv_trailing_field_empty_on_every_line_is_dropped(write_file: WriteFile) -> None:
+    path = write_file("log.csv", "user,item,timestamp\nu,a,2,\nu,b,1,\n")
+
+    assert sequences_of(load_interactions(path, KEEP_ALL)) == {"u": ["b", "a"]}
+
+
+def test_movielens_line_with_a_fifth_field_names_the_line(write_file: WriteFile) -> None:
+    path = write_file("ratings.dat", "1::10::5::100::7\n1::11::4::200::7\n")
+
+    with pytest.raises(DataError, match=r"ratings\.dat: line 1: '1::10::5::100::7' expected"):
+        read_log(path)
+
+
+def test_time_of_day_without_a_date_is_refused(write_file: WriteFile) -> None:
+    path = write_file("log.csv", "user,item,time\nu,a,23:00\nu,b,01:00\n")
+
+    with pytest.raises(DataError, match=r"log\.csv: line 2: timestamp '23:00' is a time of day "
+                       "with no date; put the date in the same column or in a column named 'date'"):
+        read_log(path)
+
+
+def test_empty_rating_is_shown_as_empty(write_file: WriteFile) -> None:
+    path = write_file("log.csv", "user,item,rating\nu,a,5\nu,b,\n")
+
+    with pytest.raises(DataError, match=r"log\.csv: line 3: rating '' is not a number"):
+        read_log(path, PrepareOptions(min_rating=4))
+
+
 @pytest.mark.parametrize("text", ["", "# only a comment\n\n"])
 def test_empty_file(write_file: WriteFile, text: str) -> None:
     path = write_file("empty.txt", text)
 
     with pytest.raises(DataError, match=r"empty\.txt: the file is empty"):
         load_interactions(path)
+
+
+def test_csv_format_on_a_file_of_comments_is_empty(write_file: WriteFile) -> None:
+    path = write_file("log.csv", "# only a comment\n\n")
+
+    with pytest.raises(DataError, match=r"log\.csv: the file is empty"):
+        load_interactions(path, PrepareOptions(format="csv"))
+
+
+@pytest.mark.parametrize(
+    ("name", "text", "line"),
+    [("seqs.txt", "u1 café cafè\n", 1), ("ratings.dat", "u::café::5::1\n", 1),
+     ("log.csv", "user,item\nu,café\nu,cafè\n", 2)],
+)
+def test_file_not_in_utf8_names_the_line(tmp_path: Path, name: str, text: str, line: int) -> None:
+    path = tmp_path / name
+    path.write_bytes(text.encode("latin-1"))  # 'café' and 'cafè' must never become one id
+
+    with pytest.raises(DataError, match=rf"{name}: line {line}: not UTF-8 text; convert the file"):
+        read_log(path)
+
+
+def test_gzip_file_says_to_decompress_it(tmp_path: Path) -> None:
+    path = tmp_path / "log.csv.gz"
+    path.write_bytes(gzip.compress(b"user,item\nu,a\n"))
+
+    with pytest.raises(DataError, match=r"log\.csv\.gz: the file is gzip-compressed; decompress"):
+        read_log(path)
 
 
 def test_csv_with_header_only_has_no_interactions(write_file: WriteFile) -> None:
@@ -413,6 +549,15 @@ def test_csv_without_user_column(write_file: WriteFile) -> None:
 
     with pytest.raises(DataError, match=r"log\.csv: cannot find the user column among "
                        r"\['person', 'item'\]; name it with --user-col"):
+        read_log(path)
+
+
+def test_csv_without_header_line_says_so(write_file: WriteFile) -> None:
+    path = write_file("log.csv", "196,242,3,881250949\n186,302,3,891717742\n")
+
+    with pytest.raises(DataError, match=r"log\.csv: cannot find the user column among "
+                       r"\['196', '242', '3', '881250949'\]: the file seems to have no header "
+                       "line; add one that names the columns"):
         read_log(path)
 
 
@@ -508,6 +653,20 @@ def test_cache_lives_under_the_environment_folder(
 
     assert cache_dir() == _private_cache
     assert len(list((_private_cache / "prepared").glob("*.npz"))) == 1
+
+
+def test_cache_entry_grows_with_the_ids_not_the_longest_one(
+    write_file: WriteFile, _private_cache: Path
+) -> None:
+    long_id = "x" * 20_000
+    text = "".join(f"user{u} i{u % 7}\n" for u in range(3000)) + f"{long_id} i1\n"
+    first = load_interactions(write_file("log.txt", text), KEEP_ALL)
+    second = load_interactions(write_file("log.txt", text), KEEP_ALL)
+
+    (entry,) = (_private_cache / "prepared").glob("*.npz")
+    assert entry.stat().st_size < 200_000  # a fixed-width array would take 240 MB
+    assert second.user_ids.tolist() == first.user_ids.tolist()
+    assert second.fingerprint == first.fingerprint
 
 
 def test_changed_file_or_options_get_new_cache_entries(

@@ -149,7 +149,8 @@ def test_fast_reader_matches_pandas_and_the_reference(
     slow = pandas_only(lambda: load_interactions(path, options, use_cache=False))
 
     assert_same(fast, slow)
-    pd.testing.assert_frame_equal(read_log(path), pandas_only(lambda: read_log(path)))
+    pd.testing.assert_frame_equal(read_log(path, options),
+                                  pandas_only(lambda: read_log(path, options)))
     if layout == "tsv":
         frame = frame.assign(user="u" + frame["user"].astype(str),
                              item="p" + frame["item"].astype(str))
@@ -166,7 +167,9 @@ def test_parquet_reads_only_the_columns_it_uses(tmp_path: Path) -> None:
 
     expected = reference(frame.rename(columns={"userId": "user", "movieId": "item"}), KEEP_ALL)
     assert as_plain(prepared) == expected
-    assert read_log(path).columns.tolist() == ["user", "item", "timestamp", "rating"]
+    assert read_log(path).columns.tolist() == ["user", "item", "timestamp"]
+    assert read_log(path, PrepareOptions(min_rating=1)).columns.tolist() == [
+        "user", "item", "timestamp", "rating"]
 
 
 # ----------------------------------------------------------------------------------------------

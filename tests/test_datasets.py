@@ -165,6 +165,35 @@ def test_damaged_archive_is_removed(cache: Path, server: Server) -> None:
     assert datasets.fetch("ml-1m", url=server.url("ml-1m.zip"), progress=False).is_file()
 
 
+def corrupted_ml1m_zip() -> bytes:
+    """A valid zip whose compressed ratings.dat is damaged inside (the deflate stream fails)."""
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w", zipfile.ZIP_DEFLATED) as zf:
+        zf.writestr("ml-1m/ratings.dat", "".join(f"{n % 97}::{n}::5::{n * 7919}\n"
+                                                 for n in range(20000)))
+        zf.writestr("ml-1m/movies.dat", "1::Ten (1990)::Drama\n")
+    damaged = bytearray(buffer.getvalue())
+    for k in range(2000, 2100):
+        damaged[k] ^= 0xFF
+    return bytes(damaged)
+
+
+def test_corrupted_compressed_data_removes_the_archive(cache: Path, server: Server) -> None:
+    (server.root / "corrupt.zip").write_bytes(corrupted_ml1m_zip())
+
+    with pytest.raises(DataError, match=r"archive is damaged .*it was removed, try again"):
+        datasets.fetch("ml-1m", url=server.url("corrupt.zip"), progress=False)
+
+    assert not (cache / "downloads" / "ml-1m.zip").exists()
+    assert datasets.fetch("ml-1m", url=server.url("ml-1m.zip"), progress=False).is_file()
+
+
+def test_url_that_http_client_refuses_is_a_data_error(cache: Path) -> None:
+    with pytest.raises(DataError, match=r"cannot download ml-1m from http://exa mple\.org/"):
+        datasets.fetch("ml-1m", url="http://exa mple.org/ml-1m.zip", progress=False)
+    assert leftovers(cache) == []
+
+
 def test_names_and_paths(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     assert datasets.lookup("ml-1m") is datasets.DATASETS["ml-1m"]
     assert datasets.lookup("ratings.dat") is None

@@ -55,6 +55,13 @@ def test_ratings_dat_uses_movielens_ids_and_latin1(tmp_path: Path) -> None:
     }
 
 
+def test_utf8_movies_dat_is_read_as_utf8(tmp_path: Path) -> None:
+    (tmp_path / "ratings.dat").write_text("1::2::5::10\n")
+    (tmp_path / "movies.dat").write_bytes("2::Amélie (2001)::Comedy\n".encode())
+
+    assert find_titles(tmp_path / "ratings.dat", ItemVocab(np.array([2]))) == {2: "Amélie (2001)"}
+
+
 def test_recbole_item_file(tmp_path: Path) -> None:
     (tmp_path / "toy.inter").write_text("user_id:token\titem_id:token\n1\t7\n")
     (tmp_path / "toy.item").write_text(

@@ -39,13 +39,14 @@ from bert4rec.errors import DataError
 
 FORMATS = ("auto", "pairs", "sequences", "movielens-dat", "csv", "parquet", "recbole")
 SYNTHETIC_MARKER = "# synthetic"
-PREPARED_FORMAT = 1  # bump when the prepared layout or the preparation rules change
+PREPARED_FORMAT = 2  # bump when the prepared layout or the preparation rules change
 
 _USER_COLUMNS = ("user", "user_id", "userid", "uid", "customer_id", "visitor_id", "session_id")
 _ITEM_COLUMNS = ("item", "item_id", "itemid", "iid", "movieid", "movie_id", "product_id", "asin")
 _TIME_COLUMNS = ("timestamp", "time", "ts", "datetime", "date", "event_time", "unix_time")
 _RATING_COLUMNS = ("rating", "score", "value")
 _INT_TOKEN = re.compile(r"^-?(0|[1-9][0-9]*)$")
+_TIME_OF_DAY = r"\s*[0-9]{1,2}:[0-9]{2}(:[0-9]{2}(\.[0-9]*)?)?\s*([AaPp]\.?[Mm]\.?)?\s*"
 
 
 @dataclass(frozen=True)
@@ -250,13 +251,16 @@ def detect_format(path: Path) -> str:
 
 def _head_lines(path: Path, n: int) -> list[str]:
     lines: list[str] = []
-    with open(path, encoding="utf-8", errors="replace") as f:
-        for line in f:
-            stripped = line.strip()
-            if stripped and not stripped.startswith("#"):
-                lines.append(stripped)
-                if len(lines) >= n:
-                    break
+    with open(path, encoding="utf-8-sig") as f:
+        try:
+            for line in f:
+                stripped = line.strip()
+                if stripped and not stripped.startswith("#"):
+                    lines.append(stripped)
+                    if len(lines) >= n:
+                        break
+        except UnicodeDecodeError as exc:
+            raise _not_utf8(path) from exc
     return lines
 
 
@@ -268,7 +272,7 @@ def _looks_like_header(line: str) -> bool:
 def _is_synthetic(path: Path) -> bool:
     if path.suffix.lower() in (".parquet", ".pq"):
         return False
-    with open(path, encoding="utf-8", errors="replace") as f:
+    with open(path, encoding="utf-8-sig") as f:
         return f.readline().startswith(SYNTHETIC_MARKER)
 
 
@@ -283,13 +287,27 @@ def read_log(path: str | Path, options: PrepareOptions | None = None) -> pd.Data
         raise DataError(f"{path}: is a directory; give the interaction file inside it")
     if path.stat().st_size == 0:
         raise DataError(f"{path}: the file is empty")
+    with open(path, "rb") as f:
+        if f.read(2) == b"\x1f\x8b":  # no reader decompresses, so none is left to guess
+            raise DataError(f"{path}: the file is gzip-compressed; decompress it first "
+                            f"('gunzip -k {path}') and give the decompressed file")
+    try:
+        frame = _read_log(path, options)
+    except UnicodeDecodeError as exc:
+        raise _not_utf8(path) from exc
+    if frame.empty:
+        raise DataError(f"{path}: no interactions in the file")
+    return frame
+
+
+def _read_log(path: Path, options: PrepareOptions) -> pd.DataFrame:
     fmt = detect_format(path) if options.format == "auto" else options.format
     if fmt == "pairs":
         frame = _read_pairs(path)
     elif fmt == "sequences":
         frame = _read_sequences(path)
     elif fmt == "movielens-dat":
-        frame = _read_movielens_dat(path)
+        frame = _read_movielens_dat(path, options)
     elif fmt == "recbole":
         frame = _read_delimited(path, sep="\t", options=options, strip_types=True)
     elif fmt == "csv":
@@ -298,13 +316,27 @@ def read_log(path: str | Path, options: PrepareOptions | None = None) -> pd.Data
         frame = select_columns(_read_parquet(path, options), options, where=str(path))
     else:  # pragma: no cover - PrepareOptions validates the name
         raise DataError(f"unknown format {fmt!r}")
-    if frame.empty:
-        raise DataError(f"{path}: no interactions in the file")
     return frame
 
 
+def _not_utf8(path: Path) -> DataError:
+    """The error for a file that is not UTF-8 text, naming its first line that is not."""
+    where = ""
+    with open(path, "rb") as f:
+        for number, line in enumerate(f, start=1):
+            try:
+                line.decode("utf-8")
+            except UnicodeDecodeError:
+                where = f" line {number}:"
+                break
+    return DataError(
+        f"{path}:{where} not UTF-8 text; convert the file to UTF-8 (for example "
+        "'iconv -f latin1 -t utf-8 OLD > NEW')"
+    )
+
+
 def _first_bad_line(path: Path, check: Any) -> tuple[int, str] | None:
-    with open(path, encoding="utf-8", errors="replace") as f:
+    with open(path, encoding="utf-8-sig") as f:
         for number, line in enumerate(f, start=1):
             stripped = line.strip()
             if stripped and not stripped.startswith("#") and not check(stripped):
@@ -334,7 +366,7 @@ def _read_sequences(path: Path, pairs: bool = False) -> pd.DataFrame:
     lines that start with '#' are skipped."""
     users: list[str] = []
     items: list[str] = []
-    with open(path, encoding="utf-8", errors="replace") as f:
+    with open(path, encoding="utf-8-sig") as f:
         for number, line in enumerate(f, start=1):
             tokens = line.split()
             if not tokens or tokens[0].startswith("#"):
@@ -352,25 +384,35 @@ def _read_sequences(path: Path, pairs: bool = False) -> pd.DataFrame:
     return _typed_ids(pd.DataFrame({"user": users, "item": items}))
 
 
-def _read_movielens_dat(path: Path) -> pd.DataFrame:
-    fast = _read_movielens_dat_fast(path)
+def _read_movielens_dat(path: Path, options: PrepareOptions) -> pd.DataFrame:
+    fast = _read_movielens_dat_fast(path, options)
     if fast is not None:
         return fast
     # '::' is a multi-character separator, which only pandas' slow Python engine accepts;
     # reading through a tab in its place keeps the C parser, one block at a time.
-    with open(path, "rb") as raw, io.BufferedReader(_ColonsAsTabs(raw), 1 << 20) as text:
+    with (
+        open(path, "rb") as raw,
+        io.BufferedReader(_ColonsAsTabs(raw), 1 << 20) as text,
+        warnings.catch_warnings(),
+    ):
+        # index_col=False and the warning as an error: a fifth field is refused, not read as
+        # the index with every field shifted.
+        warnings.simplefilter("error", pd.errors.ParserWarning)
         try:
             frame = pd.read_csv(
-                text, sep="\t", header=None, dtype=str, engine="c",
+                text, sep="\t", header=None, dtype=str, engine="c", index_col=False,
                 names=["user", "item", "rating", "timestamp"],
             )
-        except (pd.errors.ParserError, ValueError):
+        except (pd.errors.ParserError, pd.errors.ParserWarning, ValueError):
             frame = None
     if frame is None or frame["timestamp"].isna().any():
         bad = _first_bad_line(path, lambda line: len(line.split("::")) == 4)
         where = f" line {bad[0]}: {bad[1]!r}" if bad else ""
         raise DataError(f"{path}:{where} expected 'user::item::rating::timestamp'")
-    frame["rating"] = _numeric(frame["rating"], path, "rating", header_lines=0)
+    if options.min_rating is None:  # ratings are read only to filter by them
+        frame = frame.drop(columns="rating")
+    else:
+        frame["rating"] = _numeric(frame["rating"], path, "rating", header_lines=0)
     frame["timestamp"] = _numeric(frame["timestamp"], path, "timestamp", header_lines=0)
     return _typed_ids(frame)
 
@@ -405,9 +447,11 @@ class _ColonsAsTabs(io.RawIOBase):
 
 
 def _sniff_separator(path: Path) -> str:
-    first = _head_lines(path, 1)[0]
+    lines = _head_lines(path, 1)
+    if not lines:
+        raise DataError(f"{path}: the file is empty (only comments or blank lines)")
     for sep in (",", "\t", ";"):
-        if sep in first:
+        if sep in lines[0]:
             return sep
     return ","
 
@@ -422,19 +466,45 @@ def _read_delimited(
     if fast is not None:
         return fast
     try:
-        raw = pd.read_csv(path, sep=sep, dtype=str, skiprows=skipped, engine="c")
+        with warnings.catch_warnings():
+            # index_col=False: a row with a field more than the header must not make the first
+            # column the index; pandas then warns (and drops the field) unless it is empty on
+            # every line.
+            warnings.simplefilter("error", pd.errors.ParserWarning)
+            raw = pd.read_csv(
+                path, sep=sep, dtype=str, skiprows=skipped, engine="c", index_col=False
+            )
     except pd.errors.EmptyDataError as exc:
         raise DataError(f"{path}: the file is empty") from exc
+    except pd.errors.ParserWarning as exc:
+        raise DataError(_extra_field_error(path, sep, skipped)) from exc
+    except UnicodeDecodeError:
+        raise  # a ValueError too, but read_log reports it with its line
     except (pd.errors.ParserError, ValueError) as exc:
-        raise DataError(f"{path}: cannot parse as delimited text ({exc})") from exc
+        raise DataError(f"{path}: cannot parse as delimited text ({str(exc).strip()})") from exc
     if strip_types:  # RecBole headers are 'name:type'
         raw.columns = [str(c).split(":")[0] for c in raw.columns]
     return select_columns(raw, options, where=str(path), header_lines=1 + skipped)
 
 
+def _extra_field_error(path: Path, sep: str, skipped: int) -> str:
+    width = len(pd.read_csv(path, sep=sep, skiprows=skipped, nrows=0, index_col=False).columns)
+    # One name more than the header has: the extra field is the last column.
+    extra = pd.read_csv(
+        path, sep=sep, dtype=str, header=None, skiprows=skipped + 1, engine="c",
+        names=list(range(width + 1)), usecols=[width], index_col=False,
+    )[width]
+    rows = np.flatnonzero(extra.notna().to_numpy())
+    where = f" line {int(rows[0]) + 2 + skipped}:" if len(rows) else ""
+    return (
+        f"{path}:{where} more fields than the {width} named on the header line; name every "
+        "column in the header or remove the extra field"
+    )
+
+
 def _leading_comment_lines(path: Path) -> int:
     count = 0
-    with open(path, encoding="utf-8", errors="replace") as f:
+    with open(path, encoding="utf-8-sig") as f:
         for line in f:
             if line.strip() and not line.lstrip().startswith("#"):
                 break
@@ -448,7 +518,9 @@ def _read_parquet(path: Path, options: PrepareOptions) -> pd.DataFrame:
     try:
         # An empty table through pandas gives the column labels exactly as a full read would.
         labels = list(pq.read_schema(path).empty_table().to_pandas().columns)
-        picked = [c for c in _pick_columns(labels, options, str(path)) if c is not None]
+        user, item, time, rating = _pick_columns(labels, options, str(path))
+        date = _date_label(labels, time) if time is not None else None
+        picked = [c for c in (user, item, time, rating, date) if c is not None]
         if all(isinstance(c, str) for c in picked):
             columns = picked
     except Exception:  # the full read below raises the error to report
@@ -464,22 +536,31 @@ def select_columns(
 ) -> pd.DataFrame:
     """Pick the user, item and optional timestamp/rating columns of a frame by name."""
     user, item, time, rating = _pick_columns(list(raw.columns), options, where)
+    for role, label in (("user", user), ("item", item)):
+        _check_scalar_ids(raw[label], role, where, header_lines)
     frame = pd.DataFrame({"user": _values(raw[user]), "item": _values(raw[item])}, copy=False)
     missing = frame["user"].isna() | frame["item"].isna()
     if missing.any():
         row = int(np.flatnonzero(missing.to_numpy())[0])
         raise DataError(f"{where}: line {row + 1 + header_lines}: missing user or item")
+    # By position: the raw frame's index (a filtered or sorted frame) is not the new one's.
     if time is not None:
-        frame["timestamp"] = _timestamps(raw[time], where, header_lines)
+        times = raw[time]
+        date = _date_label(list(raw.columns), time)
+        if date is not None and _times_of_day(times).all():
+            times = raw[date].astype(str) + " " + times.astype(str)
+        frame["timestamp"] = _timestamps(times, where, header_lines).to_numpy()
     if rating is not None:
-        frame["rating"] = _numeric(raw[rating], where, "rating", header_lines)
+        frame["rating"] = _numeric(raw[rating], where, "rating", header_lines).to_numpy()
     return _typed_ids(frame)
 
 
 def _pick_columns(
     columns: list[Any], options: PrepareOptions, where: str
 ) -> tuple[Any, Any, Any, Any]:
-    """The user, item, time and rating column labels (the last two None where absent)."""
+    """The user, item, time and rating column labels (the last two None where absent; the
+    rating also where no --min-rating asks for it, so that a rating column is never parsed
+    unless it is used)."""
     lowered = {str(c).lower(): c for c in columns}
 
     def pick(named: str | None, candidates: tuple[str, ...], role: str, required: bool) -> Any:
@@ -493,6 +574,14 @@ def _pick_columns(
             if name in lowered:
                 return lowered[name]
         if required:
+            if any(re.fullmatch(r"-?[0-9]+(\.[0-9]+)?", str(c)) for c in columns):
+                pairs = (" or, for whitespace-separated 'user item' lines, --format pairs"
+                         if len(columns) == 2 else "")
+                raise DataError(
+                    f"{where}: cannot find the {role} column among {columns}: the file seems "
+                    "to have no header line; add one that names the columns (such as "
+                    f"'user,item,timestamp'){pairs}"
+                )
             raise DataError(
                 f"{where}: cannot find the {role} column among {columns}; "
                 f"name it with --{role}-col"
@@ -503,8 +592,33 @@ def _pick_columns(
         pick(options.user_col, _USER_COLUMNS, "user", True),
         pick(options.item_col, _ITEM_COLUMNS, "item", True),
         pick(options.time_col, _TIME_COLUMNS, "time", False),
-        pick(None, _RATING_COLUMNS, "rating", False),
+        pick(None, _RATING_COLUMNS, "rating", False) if options.min_rating is not None else None,
     )
+
+
+def _date_label(columns: list[Any], time: Any) -> Any:
+    """The label of a 'date' column beside the time column, or None."""
+    return next((c for c in columns if str(c).lower() == "date" and c != time), None)
+
+
+def _times_of_day(column: pd.Series) -> pd.Series:
+    """Which values are a time of day with no date ('23:00', '11:05:09 PM')."""
+    if pd.api.types.is_numeric_dtype(column) or pd.api.types.is_datetime64_any_dtype(column):
+        return pd.Series(False, index=column.index)
+    return column.astype(str).str.fullmatch(_TIME_OF_DAY)
+
+
+def _check_scalar_ids(column: pd.Series, role: str, where: str, header_lines: int) -> None:
+    """Refuse a column of lists or records (a Parquet list or struct column) as ids."""
+    if column.dtype != object:
+        return
+    nested = column.map(lambda v: isinstance(v, (list, tuple, dict, np.ndarray))).to_numpy()
+    if nested.any():
+        row = int(np.flatnonzero(nested)[0])
+        raise DataError(
+            f"{where}: line {row + 1 + header_lines}: the {role} column holds lists or records, "
+            f"not single ids; give one {role} id per row (explode the column first)"
+        )
 
 
 def _values(column: pd.Series) -> Any:
@@ -519,10 +633,14 @@ def _numeric(column: pd.Series, where: Any, name: str, header_lines: int) -> pd.
     bad = values.isna() & column.notna()
     if bad.any() or values.isna().any():
         row = int(np.flatnonzero((bad | values.isna()).to_numpy())[0])
-        raise DataError(
-            f"{where}: line {row + 1 + header_lines}: {name} {column.iloc[row]!r} is not a number"
-        )
+        raise DataError(f"{where}: line {row + 1 + header_lines}: {name} "
+                        f"{_shown(column.iloc[row])} is not a number")
     return values
+
+
+def _shown(value: Any) -> str:
+    """A raw value for a message: an empty field is shown as '', not as nan."""
+    return "''" if pd.isna(value) else repr(value)
 
 
 def _timestamps(column: pd.Series, where: str, header_lines: int) -> pd.Series:
@@ -537,16 +655,24 @@ def _timestamps(column: pd.Series, where: str, header_lines: int) -> pd.Series:
             # Keep the reading that parses more rows, so the error names the odd one out
             # (a typo in a number column is not reported as its first, valid row).
             if dates.notna().sum() > values.notna().sum():
-                values = dates
+                # A time of day parses as one on today's date: refused, not read as that.
+                values = dates.mask(_times_of_day(column))
     if values.isna().any():
         row = int(np.flatnonzero(values.isna().to_numpy())[0])
-        raise DataError(
-            f"{where}: line {row + 1 + header_lines}: timestamp {column.iloc[row]!r} is neither "
-            "a number nor a date"
-        )
+        line = f"{where}: line {row + 1 + header_lines}: timestamp {_shown(column.iloc[row])}"
+        if _times_of_day(column.iloc[row : row + 1]).all():
+            raise DataError(f"{line} is a time of day with no date; put the date in the same "
+                            "column or in a column named 'date'")
+        raise DataError(f"{line} is neither a number nor a date")
     if pd.api.types.is_datetime64_any_dtype(values):
         values = values.astype("int64")
     return values
+
+
+def _whole(values: np.ndarray) -> bool:
+    """Whether every float is a whole number that converts to int64 exactly."""
+    return bool(np.isfinite(values).all() and (values == np.round(values)).all()
+                and (np.abs(values) <= 2.0**53).all())
 
 
 def _typed_ids(frame: pd.DataFrame) -> pd.DataFrame:
@@ -558,6 +684,10 @@ def _typed_ids(frame: pd.DataFrame) -> pd.DataFrame:
 
 
 def _typed_id_column(column: pd.Series) -> pd.Series:
+    if column.dtype.kind == "u" and len(column) and int(column.max()) >= 1 << 63:
+        return column.astype(str)  # beyond int64: text, as for ids read from text
+    if column.dtype.kind == "f" and _whole(column.to_numpy()):
+        return column.astype(np.int64)  # 10.0, as a column with a missing value stores 10
     if column.dtype.kind in "iu":
         return column.astype(np.int64)  # no copy when it is int64 already (copy on write)
     as_str = column.astype(str)
@@ -626,11 +756,13 @@ def _read_delimited_fast(
     return _fast_frame(texts, forbidden=None) if texts is not None else None
 
 
-def _read_movielens_dat_fast(path: Path) -> pd.DataFrame | None:
+def _read_movielens_dat_fast(path: Path, options: PrepareOptions) -> pd.DataFrame | None:
     # 'user::item::rating::timestamp' read with ':' as the separator: the odd fields must be
     # empty (pyarrow's null type refuses anything else), so a ':' inside a value fails the read.
     names = [f"c{i}" for i in range(7)]
     roles = dict(zip(("user", "item", "rating", "timestamp"), names[0::2], strict=True))
+    if options.min_rating is None:
+        del roles["rating"]
     texts = _arrow_csv(
         str(path), names, roles, skip_rows=0, separators=names[1::2],
         parse=pacsv.ParseOptions(delimiter=":", quote_char=False),
@@ -940,8 +1072,24 @@ def load_interactions(
     return interactions
 
 
-def _id_array(ids: np.ndarray) -> np.ndarray:
-    return ids.astype(np.int64) if ids.dtype.kind in "iu" else ids.astype(str)
+def _id_arrays(name: str, ids: np.ndarray) -> dict[str, np.ndarray]:
+    """Ids as arrays to save: integers as they are, text as its UTF-8 bytes end to end and
+    where each id ends (a fixed-width string array is as wide as the longest id, every row)."""
+    if ids.dtype.kind in "iu":
+        return {name: ids.astype(np.int64)}
+    encoded = [str(v).encode() for v in ids.tolist()]
+    return {
+        f"{name}_text": np.frombuffer(b"".join(encoded), dtype=np.uint8),
+        f"{name}_ends": np.cumsum([len(e) for e in encoded], dtype=np.int64),
+    }
+
+
+def _saved_ids(f: Any, name: str) -> np.ndarray:
+    if name in f.files:
+        return np.asarray(f[name])
+    text, ends = f[f"{name}_text"].tobytes(), f[f"{name}_ends"].tolist()
+    starts = [0, *ends[:-1]]
+    return np.array([text[a:b].decode() for a, b in zip(starts, ends, strict=True)], dtype=object)
 
 
 def _save_prepared(data: Interactions, path: Path) -> None:
@@ -949,10 +1097,11 @@ def _save_prepared(data: Interactions, path: Path) -> None:
     fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp.npz")
     os.close(fd)
     try:
-        np.savez(
-            tmp, offsets=data.offsets, items=data.items, user_ids=_id_array(data.user_ids),
-            item_ids=_id_array(data.vocab.item_ids), synthetic=np.array(data.synthetic),
-        )
+        arrays: dict[str, Any] = {
+            "offsets": data.offsets, "items": data.items, "synthetic": np.array(data.synthetic),
+            **_id_arrays("user_ids", data.user_ids), **_id_arrays("item_ids", data.vocab.item_ids),
+        }
+        np.savez(tmp, **arrays)
         with open(tmp, "rb") as f:
             os.fsync(f.fileno())
         os.replace(tmp, path)
@@ -964,6 +1113,7 @@ def _save_prepared(data: Interactions, path: Path) -> None:
 def _load_prepared(path: Path, source: str) -> Interactions:
     with np.load(path, allow_pickle=False) as f:
         return Interactions(
-            user_ids=f["user_ids"], vocab=ItemVocab(f["item_ids"]), offsets=f["offsets"],
-            items=f["items"], source=source, synthetic=bool(f["synthetic"]),
+            user_ids=_saved_ids(f, "user_ids"), vocab=ItemVocab(_saved_ids(f, "item_ids")),
+            offsets=f["offsets"], items=f["items"], source=source,
+            synthetic=bool(f["synthetic"]),
         )

@@ -23,12 +23,14 @@ The source of a data set can be changed with an environment variable (``BERT4REC
 
 from __future__ import annotations
 
+import http.client
 import os
 import shutil
 import tempfile
 import urllib.error
 import urllib.request
 import zipfile
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -137,11 +139,17 @@ def fetch(name: str, url: str | None = None, progress: bool = True) -> Path:
         _download(dataset, dataset.source_url(url), progress)
     try:
         _extract(dataset.archive, dataset.folder, wanted, folder)
-    except (zipfile.BadZipFile, KeyError) as exc:
+    except (zipfile.BadZipFile, KeyError, zlib.error, EOFError) as exc:
+        # A bad CRC, corrupt or truncated compressed data, a missing member.
         dataset.archive.unlink(missing_ok=True)  # a damaged archive is fetched again next time
         raise DataError(
             f"the downloaded {dataset.name} archive is damaged or not the expected one ({exc}); "
             f"it was removed, try again, or pass a local file: {dataset.local_hint()}"
+        ) from exc
+    except OSError as exc:  # the archive is fine, the folder is not writable or full
+        raise DataError(
+            f"cannot extract the {dataset.name} archive into {folder} ({exc}); free some space "
+            f"or set BERT4REC_CACHE to a writable folder"
         ) from exc
     return dataset.path
 
@@ -162,9 +170,10 @@ def _download(dataset: Dataset, url: str, progress: bool) -> None:
             out.flush()
             os.fsync(out.fileno())
         os.replace(tmp, target)
-    except (urllib.error.URLError, OSError, ValueError) as exc:
-        # URLError covers HTTP errors and unreachable hosts; OSError timeouts and full disks;
-        # ValueError a malformed URL.
+    except (urllib.error.URLError, http.client.HTTPException, OSError, ValueError) as exc:
+        # URLError covers HTTP errors and unreachable hosts; HTTPException a bad URL that
+        # http.client refuses or a cut transfer; OSError timeouts and full disks; ValueError a
+        # malformed URL.
         raise DataError(
             f"cannot download {dataset.name} from {url} ({exc}). Without internet, download it "
             f"elsewhere, unzip it and pass the local file instead: {dataset.local_hint()}"

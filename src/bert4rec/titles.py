@@ -2,8 +2,8 @@
 
 Looked for beside the interaction log:
 
-* MovieLens ``ratings.dat``: ``movies.dat`` (``MovieID::Title::Genres``, latin-1); item ids are
-  MovieLens ids.
+* MovieLens ``ratings.dat``: ``movies.dat`` (``MovieID::Title::Genres``, UTF-8 or, as
+  MovieLens 1M/10M ship it, latin-1); item ids are MovieLens ids.
 * MovieLens ``ratings.csv`` (ML-20M and later): ``movies.csv`` (``movieId,title,genres``).
 * The paper's ``ml-1m.txt`` and other re-numbered files: ``item_ids.txt`` (``item_in_file
   original_movie_id`` per line) maps the file's ids to the ids of ``movies.dat``.
@@ -75,8 +75,15 @@ def _read_titles(path: Path) -> dict[str, str]:
 
 
 def _movies_dat(path: Path) -> dict[str, str]:
+    try:
+        return _movies_dat_as(path, "utf-8-sig")
+    except UnicodeDecodeError:  # MovieLens 1M/10M ship latin-1 text
+        return _movies_dat_as(path, "latin-1")
+
+
+def _movies_dat_as(path: Path, encoding: str) -> dict[str, str]:
     titles: dict[str, str] = {}
-    with open(path, encoding="latin-1") as f:  # MovieLens 1M/10M ship latin-1 text
+    with open(path, encoding=encoding) as f:
         for line in f:
             fields = line.rstrip("\r\n").split("::")
             if len(fields) >= 2 and fields[0].strip():
