@@ -152,6 +152,13 @@ def test_csv_with_dates_as_timestamps(write_file: WriteFile) -> None:
     assert sequences_of(load_interactions(path, KEEP_ALL)) == {"u": ["b", "a", "c"]}
 
 
+def test_iso_times_with_and_without_fractions_of_a_second(write_file: WriteFile) -> None:
+    path = write_file("iso.csv", "user,item,timestamp\nu,a,2021-03-02T10:00:00\n"
+                      "u,b,2021-03-02T09:00:00.250000\nu,c,2021-03-02T08:00:00\n")
+
+    assert sequences_of(load_interactions(path, KEEP_ALL)) == {"u": ["c", "b", "a"]}
+
+
 def test_parquet_file(tmp_path: Path) -> None:
     path = tmp_path / "log.parquet"
     pd.DataFrame(

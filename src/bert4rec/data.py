@@ -652,6 +652,10 @@ def _timestamps(column: pd.Series, where: str, header_lines: int) -> pd.Series:
             with warnings.catch_warnings():  # unparseable values are reported below
                 warnings.simplefilter("ignore", UserWarning)
                 dates = pd.to_datetime(column, errors="coerce", utc=True)
+                if dates.isna().any():  # the format guessed from the first row; ISO 8601
+                    iso = pd.to_datetime(column, errors="coerce", utc=True, format="ISO8601")
+                    if iso.notna().sum() > dates.notna().sum():  # e.g. seconds with fractions
+                        dates = iso
             # Keep the reading that parses more rows, so the error names the odd one out
             # (a typo in a number column is not reported as its first, valid row).
             if dates.notna().sum() > values.notna().sum():
