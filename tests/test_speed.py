@@ -25,6 +25,9 @@ def test_step_flops_by_hand() -> None:
     layer = 2 * 6 * 4 * 12 + 2 * 6 * 4 * 4 + 4 * 2 * 3 * 3 * 4 + 4 * 6 * 4 * 16
     head = 2 * 2 * 4 * 4 + 2 * 2 * 4 * 10
     assert step_flops(config, batch=2, length=3, masked=2) == 3 * (layer + head)
+    # A sampled loss with 3 negatives scores each prediction against 4 items, not 10.
+    sampled = 2 * 2 * 4 * 4 + 2 * 2 * 4 * 4
+    assert step_flops(config, batch=2, length=3, masked=2, scored=4) == 3 * (layer + sampled)
 
 
 def test_peak_is_positive() -> None:
@@ -70,3 +73,7 @@ def test_keep_needs_a_target_and_a_free_directory(
     assert main(["benchmark", "speed", "--data", str(path), "--target", "0.1",
                  "--keep", str(tmp_path / "taken")]) == 2
     assert (tmp_path / "taken" / "run.json").read_text() == "{}"  # nothing trained, nothing lost
+    assert main(["benchmark", "speed", "--data", str(path), "--epochs", "0"]) == 2
+    assert "--epochs must be at least 1" in capsys.readouterr().err
+    assert main(["benchmark", "speed", "--data", str(path), "--output", str(tmp_path)]) == 2
+    assert "is a folder; name a file to write" in capsys.readouterr().err

@@ -62,6 +62,14 @@ def test_utf8_movies_dat_is_read_as_utf8(tmp_path: Path) -> None:
     assert find_titles(tmp_path / "ratings.dat", ItemVocab(np.array([2]))) == {2: "Amélie (2001)"}
 
 
+def test_latin1_movies_csv_keeps_its_titles(tmp_path: Path) -> None:
+    (tmp_path / "ratings.csv").write_text("userId,movieId\n1,2\n")
+    (tmp_path / "movies.csv").write_bytes("movieId,title,genres\n2,Amélie (2001),Comedy\n"
+                                          .encode("latin-1"))
+
+    assert find_titles(tmp_path / "ratings.csv", ItemVocab(np.array([2]))) == {2: "Amélie (2001)"}
+
+
 def test_recbole_item_file(tmp_path: Path) -> None:
     (tmp_path / "toy.inter").write_text("user_id:token\titem_id:token\n1\t7\n")
     (tmp_path / "toy.item").write_text(

@@ -24,6 +24,7 @@ import pyarrow.csv as pa_csv
 import pyarrow.parquet as pq
 import torch
 
+from bert4rec.baselines.pop import PopularityRecommender
 from bert4rec.data import Interactions
 from bert4rec.errors import DataError
 from bert4rec.recommender import Recommender, recommend
@@ -138,6 +139,15 @@ def _ordered(fn: Callable[[T], R], items: Iterator[T], workers: int) -> Iterator
             yield pending.popleft().result()
 
 
+def empty_histories(to_run: np.ndarray, data: Interactions,
+                    users: Sequence[Any] | None = None) -> int:
+    """How many of the users scored (``users``, or all) have no item the run knows: batch
+    scoring gives them the run's most popular items, as the service does."""
+    owner = np.repeat(np.arange(data.num_users), data.lengths)  # the user of each event
+    known = np.bincount(owner, weights=to_run[data.items] > 0, minlength=data.num_users)
+    return int((known[select_users(data, users)] == 0).sum())
+
+
 def unknown_items(to_run: np.ndarray, data: Interactions) -> tuple[int, int]:
     """How many of ``data``'s items the run does not know (0 in ``to_run``, the translation of
     ``data``'s item ids to the run's), and how many events they make up: what batch scoring
@@ -154,6 +164,10 @@ def _score_chunk(model: Recommender, info: RunInfo, data: Interactions, to_run: 
     histories = [h[h > 0] for h in histories]  # unknown to the run: left out
     ids, scores = recommend(model, histories, k=k, exclude_seen=exclude_seen,
                             batch_size=batch_size)
+    empty = np.flatnonzero([len(h) == 0 for h in histories])
+    if len(empty) and info.popularity is not None:  # nothing known: the most popular items
+        popular = PopularityRecommender(torch.from_numpy(info.popularity))
+        ids[empty], scores[empty] = recommend(popular, [histories[i] for i in empty], k=k)
     back = np.empty_like(order)
     back[order] = np.arange(len(order))
     ids, scores = ids[back], scores[back]  # (U, k), the users' order again

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
 import json
 import os
 import shlex
@@ -648,24 +649,34 @@ def _explanation_text(result: Explanation, rows: int) -> str:
 def _recommend_batch(args: argparse.Namespace) -> int:
     import time
 
-    from bert4rec.batch import read_users, score_users, unknown_items
+    from bert4rec.batch import empty_histories, read_users, score_users, unknown_items
 
     if not args.data:
         raise DataError("--output needs --data: the log whose users to score")
     check_output_file(args.output)
-    workers = args.workers or os.cpu_count() or 1
+    for given in (args.data, args.users):
+        if given is not None and _same_file(args.output, given):
+            raise DataError(f"--output {args.output} is an input of this command; name another "
+                            "file")
+    workers = (os.cpu_count() or 1) if args.workers is None else args.workers
     if workers < 1:
         raise DataError("--workers must be at least 1")
     if workers > 1:
         torch.set_num_threads(1)  # parallel over chunks, not inside each matrix product
     users = read_users(args.users) if args.users is not None else None
     model, info = load_model(args.run)
-    data = load_interactions(_data_path(args.data), info.prepare)
+    # Read as the run's data was, but every user is scored, however few their events.
+    options = dataclasses.replace(info.prepare, min_user_count=0, min_item_count=0)
+    data = load_interactions(_data_path(args.data), options)
     to_run = info.vocab.translation(data.vocab)
     items, events = unknown_items(to_run, data)
     if items:
         _say(f"{items} of the {data.num_items} items in {args.data} ({events} events) are not "
              f"in the catalogue of {args.run}: left out of the histories")
+    empty = empty_histories(to_run, data, users)
+    if empty and info.popularity is not None:
+        _say(f"{empty} user(s) have no item {args.run} knows: they get its most popular items "
+             "(scored by their training count)")
     started = time.perf_counter()
     rows = score_users(model, info, data, args.output, users=users, k=args.k,
                        exclude_seen=not args.include_seen, workers=workers,
@@ -674,6 +685,14 @@ def _recommend_batch(args: argparse.Namespace) -> int:
     _say(f"wrote {args.output}: {rows} rows for {count} users in "
          f"{time.perf_counter() - started:.1f}s")
     return 0
+
+
+def _same_file(output: Path, other: str | Path) -> bool:
+    """Whether writing ``output`` would replace ``other`` (the same file, by any path)."""
+    try:
+        return output.exists() and Path(other).exists() and os.path.samefile(output, other)
+    except OSError:
+        return False
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
@@ -758,10 +777,14 @@ def cmd_export(args: argparse.Namespace) -> int:
     from bert4rec.export import export_onnx
     from bert4rec.model import BERT4Rec
 
+    check_output_file(args.output)
     model, info = load_model(args.run)
+    if Path(args.output).resolve().parent == Path(args.run).resolve():
+        raise DataError(f"--output {args.output} is inside the run {args.run}; write the "
+                        "export elsewhere")
     if not isinstance(model, BERT4Rec):
         raise DataError(f"{args.run} holds a {info.model} model; export takes bert4rec runs")
-    path = export_onnx(model, args.output, run=args.run)
+    path = export_onnx(model, args.output, run=args.run, info=info)
     _say(f"wrote {path} ({path.stat().st_size / 1e6:.1f} MB)")
     return 0
 
@@ -877,6 +900,10 @@ def cmd_benchmark_speed(args: argparse.Namespace) -> int:
     from bert4rec.presets import load_preset, parse_assignment
     from bert4rec.runs import write_json
 
+    if args.epochs < 1:
+        raise DataError("--epochs must be at least 1")
+    if args.output is not None:
+        check_output_file(args.output)  # fail now, not after the measurement
     if args.keep is not None:
         if args.target is None:
             raise DataError("--keep saves the model that --target trains; give --target too")

@@ -3,12 +3,14 @@
 The exported graph maps left-padded tokens (B, T) int64, the last ``max_len - 1`` history items
 then ``[MASK]`` (see :func:`bert4rec.model.inference_tokens`), to item scores (B, num_items):
 column j is item j + 1. The batch size is dynamic; T is fixed at ``max_len``, which is exact
-because padding never changes a score. The file carries ``num_items``, ``max_len`` and
-``mask_id`` as metadata so a service can check it against the run it serves.
+because padding never changes a score. The file carries ``num_items``, ``max_len``,
+``mask_id``, the training data's fingerprint and a digest of the weights as metadata, so that a
+service refuses an export of another run than the one it serves.
 """
 
 from __future__ import annotations
 
+import hashlib
 import math
 import warnings
 from collections.abc import Sequence
@@ -39,8 +41,19 @@ class _ScoreGraph(nn.Module):
         return self.model.logits(hidden)  # (B, num_items)
 
 
-def export_onnx(model: BERT4Rec, path: str | Path, run: str | Path | None = None) -> Path:
-    """Write ``model`` as ONNX to ``path`` (dynamic batch, T = max_len)."""
+def weights_digest(model: BERT4Rec) -> str:
+    """SHA-256 of the model's weights (names and bytes), which tells one run's from another's."""
+    digest = hashlib.sha256()
+    for name, tensor in sorted(model.tensors().items()):
+        digest.update(name.encode())
+        digest.update(tensor.contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()
+
+
+def export_onnx(model: BERT4Rec, path: str | Path, run: str | Path | None = None,
+                info: RunInfo | None = None) -> Path:
+    """Write ``model`` (of the run ``info``, when given) as ONNX to ``path`` (dynamic batch,
+    T = max_len)."""
     import onnx
 
     path = Path(path)
@@ -49,7 +62,8 @@ def export_onnx(model: BERT4Rec, path: str | Path, run: str | Path | None = None
     example = inference_tokens([np.arange(1, min(config.num_items, 5) + 1)] * 2,
                                config.max_len, config.mask_id, width=config.max_len)
     meta = {"format": EXPORT_FORMAT, "num_items": config.num_items, "max_len": config.max_len,
-            "mask_id": config.mask_id, "run": str(run or "")}
+            "mask_id": config.mask_id, "run": str(run or ""), "weights": weights_digest(model),
+            "data": str((info.data.get("fingerprint") if info is not None else None) or "")}
 
     def write(tmp: str) -> None:
         with torch.no_grad(), warnings.catch_warnings():
@@ -78,7 +92,7 @@ class OnnxRecommender:
     name = "bert4rec-onnx"
 
     def __init__(self, path: str | Path, info: RunInfo | None = None,
-                 threads: int | None = None) -> None:
+                 threads: int | None = None, model: BERT4Rec | None = None) -> None:
         import onnxruntime as ort
 
         path = Path(path)
@@ -103,12 +117,23 @@ class OnnxRecommender:
         if info is not None and info.vocab.num_items != self._num_items:
             raise RunError(f"{path} scores {self._num_items} items but {info.path} has "
                            f"{info.vocab.num_items}; export that run again")
+        # Exports written before these keys existed carry only num_items.
+        if info is not None and (
+                ("max_len" in info.config and int(info.config["max_len"]) != self.max_len)
+                or (meta.get("data") and meta["data"] != info.data.get("fingerprint"))):
+            raise RunError(f"{path} is an export of another run than {info.path} (other data "
+                           "or model settings); export that run again")
+        if model is not None and meta.get("weights") and meta["weights"] != weights_digest(model):
+            raise RunError(f"{path} holds other weights than {info.path if info else 'the model'}"
+                           "; export that run again")
 
     @property
     def num_items(self) -> int:
         return self._num_items
 
     def score(self, histories: Sequence[np.ndarray]) -> torch.Tensor:
+        if not len(histories):
+            return torch.empty((0, self._num_items + 1))
         tokens = inference_tokens(histories, self.max_len, self.mask_id, width=self.max_len)
         (scores,) = self.session.run(["scores"], {"tokens": tokens.numpy()})  # (B, n)
         pad = np.full((len(histories), 1), -math.inf, dtype=np.float32)

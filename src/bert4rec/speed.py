@@ -50,10 +50,13 @@ def measure_peak(device: torch.device, dtype: torch.dtype, size: int = 2048,
     return 2.0 * size**3 / best
 
 
-def step_flops(config: BERT4RecConfig, batch: int, length: int, masked: int) -> float:
+def step_flops(config: BERT4RecConfig, batch: int, length: int, masked: int,
+               scored: int | None = None) -> float:
     """Forward + backward FLOPs of one training step on a (batch, length) block with
-    ``masked`` predicted positions; backward counted as twice the forward (the usual rule).
-    Matrix products only: they are all but a few percent of the work."""
+    ``masked`` predicted positions, each scored against ``scored`` items (every item for the
+    full softmax, the default; the target and the shared negatives for a sampled loss);
+    backward counted as twice the forward (the usual rule). Matrix products only: they are all
+    but a few percent of the work."""
     d, f = config.hidden_size, config.ffn_size
     tokens = batch * length
     per_layer = (
@@ -62,7 +65,8 @@ def step_flops(config: BERT4RecConfig, batch: int, length: int, masked: int) -> 
         + 2 * 2 * batch * length * length * d  # scores Q K^T and the weighted sum of V
         + 2 * 2 * tokens * d * f  # the two feed-forward layers
     )
-    head = 2 * masked * d * d + 2 * masked * d * config.num_items  # dense + tied logits
+    items = config.num_items if scored is None else scored
+    head = 2 * masked * d * d + 2 * masked * d * items  # dense + tied logits
     return 3.0 * (config.num_layers * per_layer + head)
 
 
@@ -90,6 +94,8 @@ def measure_epochs(data: Interactions, preset: Preset, epochs: int = 1) -> Epoch
     if cuda:
         torch.cuda.reset_peak_memory_stats(trainer.device)
     trainer.model.train()
+    # A sampled loss scores each prediction against its target and the batch's negatives.
+    scored = None if preset.train.loss == "softmax" else preset.train.num_negatives + 1
     flops = sequences = real = padded = 0.0
     steps = 0
     seconds = 0.0
@@ -103,7 +109,7 @@ def measure_epochs(data: Interactions, preset: Preset, epochs: int = 1) -> Epoch
                 torch.cuda.synchronize()
             seconds += time.perf_counter() - started
             masked = _expected_masked(lengths, preset)
-            flops += step_flops(config, len(batch), width, masked)
+            flops += step_flops(config, len(batch), width, masked, scored)
             sequences += len(batch)
             real += float(lengths.sum())
             padded += len(batch) * width

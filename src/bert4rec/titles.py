@@ -92,7 +92,10 @@ def _movies_dat_as(path: Path, encoding: str) -> dict[str, str]:
 
 
 def _movies_csv(path: Path) -> dict[str, str]:
-    frame = pd.read_csv(path, dtype=str, keep_default_na=False)
+    try:
+        frame = pd.read_csv(path, dtype=str, keep_default_na=False)
+    except UnicodeDecodeError:  # not UTF-8: older exports are latin-1
+        frame = pd.read_csv(path, dtype=str, keep_default_na=False, encoding="latin-1")
     return {_key(i): t.strip() for i, t in zip(frame["movieId"], frame["title"], strict=True)}
 
 

@@ -4,11 +4,17 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pytest
+import torch
 from conftest import TinyRun
 
+from bert4rec.api import save
+from bert4rec.baselines.pop import PopularityRecommender
 from bert4rec.cli import main
+from bert4rec.data import PrepareOptions, load_interactions
+from bert4rec.model import BERT4Rec, BERT4RecConfig
 from bert4rec.recommender import recommend
 from bert4rec.runs import load_model
 
@@ -49,13 +55,49 @@ def test_another_log_is_read_through_the_runs_catalogue(
                  "--output", str(out), "-k", "3"])
 
     assert code == 0
-    assert "2 of the 7 items in" in capsys.readouterr().err  # 999 and 1000
+    said = capsys.readouterr().err
+    assert "2 of the 7 items in" in said  # 999 and 1000
+    assert "1 user(s) have no item" in said and "most popular items" in said  # n2
     model, info = load_model(tiny_run.path)
-    histories = [info.vocab.encode(items)[0] for items in ([30, 999, 5, 17], [1000], [2, 3])]
+    histories = [info.vocab.encode(items)[0] for items in ([30, 5, 17], [2, 3])]
     ids, _ = recommend(model, histories, k=3)
+    assert info.popularity is not None
+    popular, _ = recommend(PopularityRecommender(torch.from_numpy(info.popularity)),
+                           [np.zeros(0, dtype=np.int64)], k=3)
     got = pd.read_parquet(out)
     assert got["user"].tolist() == ["n1"] * 3 + ["n2"] * 3 + ["n3"] * 3
-    assert got["item"].tolist() == [item for row in ids for item in info.vocab.decode(row)]
+    expected = [ids[0], popular[0], ids[1]]
+    assert got["item"].tolist() == [item for row in expected for item in info.vocab.decode(row)]
+
+
+def test_users_with_few_events_are_scored_too(tmp_path: Path) -> None:
+    from conftest import write_pairs
+
+    log = write_pairs(tmp_path / "log.txt")
+    data = load_interactions(log, PrepareOptions(), use_cache=False)  # at least 5 events each
+    model = BERT4Rec(BERT4RecConfig(num_items=data.num_items, max_len=8, hidden_size=16,
+                                    num_layers=1, num_heads=1)).eval()
+    save(model, tmp_path / "run", data, PrepareOptions())
+    newer = tmp_path / "newer.txt"
+    newer.write_text(f"short {data.vocab.item_ids[0]}\nshort {data.vocab.item_ids[1]}\n",
+                     encoding="utf-8")
+    users = tmp_path / "users.txt"
+    users.write_text("short\n", encoding="utf-8")
+    out = tmp_path / "recs.csv"
+    assert main(["recommend", "--run", str(tmp_path / "run"), "--data", str(newer),
+                 "--users", str(users), "--output", str(out), "-k", "2"]) == 0
+    assert pd.read_csv(out)["user"].tolist() == ["short", "short"]
+
+
+def test_an_output_that_is_an_input_is_refused(
+        tiny_run: TinyRun, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    log = tmp_path / "log.csv"
+    log.write_bytes(tiny_run.log.read_bytes())
+    before = log.read_bytes()
+    assert main(["recommend", "--run", str(tiny_run.path), "--data", str(log),
+                 "--output", str(log)]) == 2
+    assert "is an input of this command" in capsys.readouterr().err
+    assert log.read_bytes() == before
 
 
 def test_chunks_and_a_user_list(tiny_run: TinyRun, tmp_path: Path) -> None:
@@ -85,6 +127,7 @@ def test_chunks_and_a_user_list(tiny_run: TinyRun, tmp_path: Path) -> None:
     (["--output", "x.csv", "--no-data"], "--output needs --data"),
     (["--users", "USERS", "--history", "1"], "--users goes with --output"),
     (["--output", "x.csv", "-k", "0"], "-k must be at least 1"),
+    (["--output", "x.csv", "--workers", "0"], "--workers must be at least 1"),
 ])
 def test_bad_batch_options(tiny_run: TinyRun, tmp_path: Path, extra: list[str], message: str,
                            capsys: pytest.CaptureFixture[str],

@@ -13,6 +13,7 @@ from fastapi.testclient import TestClient
 from bert4rec.cli import main
 from bert4rec.errors import RunError
 from bert4rec.export import OnnxRecommender, export_onnx
+from bert4rec.model import BERT4Rec, BERT4RecConfig
 from bert4rec.recommender import recommend
 from bert4rec.runs import load_model
 from bert4rec.service import create_app
@@ -50,6 +51,31 @@ def test_export_must_match_the_run(onnx_file: Path, other_run: TinyRun, tmp_path
     (tmp_path / "bad.onnx").write_bytes(b"not a model")
     with pytest.raises(RunError, match="is not a readable ONNX model"):
         OnnxRecommender(tmp_path / "bad.onnx")
+
+
+def test_an_export_of_another_run_of_the_same_size_is_refused(
+        tiny_run: TinyRun, onnx_file: Path, tmp_path: Path) -> None:
+    model, info = load_model(tiny_run.path)
+    OnnxRecommender(onnx_file, info, model=model)  # its own run
+    torch.manual_seed(1)
+    retrained = BERT4Rec(model.config).eval()  # same data and settings, other weights
+    with pytest.raises(RunError, match="holds other weights than"):
+        OnnxRecommender(onnx_file, info, model=retrained)
+    longer = BERT4Rec(BERT4RecConfig(**{**model.config.to_dict(), "max_len": 16})).eval()
+    other = export_onnx(longer, tmp_path / "longer.onnx")
+    with pytest.raises(RunError, match="is an export of another run"):
+        OnnxRecommender(other, info)
+    assert OnnxRecommender(onnx_file, info).score([]).shape == (0, info.vocab.num_items + 1)
+
+
+@pytest.mark.parametrize("where", ["folder", "run"])
+def test_export_refuses_a_folder_or_a_place_inside_the_run(
+        tiny_run: TinyRun, tmp_path: Path, capsys: pytest.CaptureFixture[str],
+        where: str) -> None:
+    target = tmp_path if where == "folder" else tiny_run.path / "model.safetensors"
+    assert main(["export", "--run", str(tiny_run.path), "--output", str(target)]) == 2
+    assert "error:" in capsys.readouterr().err
+    load_model(tiny_run.path)  # the run is whole
 
 
 def test_service_runs_from_the_export(tiny_run: TinyRun, onnx_file: Path,

@@ -121,9 +121,11 @@ def load_served(run_dir: str | Path, onnx: str | Path | None = None,
         return ServedModel(model, info, "torch", Path(run_dir), time.time(), bf16=bf16,
                            model=model)
     from bert4rec.export import OnnxRecommender
+    from bert4rec.model import BERT4Rec
 
-    return ServedModel(OnnxRecommender(onnx, info, threads=onnx_threads), info, "onnx",
-                       Path(onnx), time.time(), model=model)
+    exported = OnnxRecommender(onnx, info, threads=onnx_threads,
+                               model=model if isinstance(model, BERT4Rec) else None)
+    return ServedModel(exported, info, "onnx", Path(onnx), time.time(), model=model)
 
 
 class _Scored:
