@@ -210,3 +210,21 @@ def test_a_file_where_the_checkpoint_goes_is_refused_before_training(
     assert "run/checkpoint is a file, where training keeps its checkpoint" in \
         capsys.readouterr().err
     assert (out / "checkpoint").read_text() == "mine"
+
+
+@pytest.mark.parametrize("model", ["bert4rec", "bpr"])
+def test_a_run_that_diverges_at_once_leaves_the_finished_run_and_no_checkpoint(
+    tmp_path: Path, log_path: Path, capsys: pytest.CaptureFixture[str], model: str
+) -> None:
+    out = tmp_path / "run"
+    small = ["--epochs", "2", "--threads", "1", "--quiet"]
+    if model == "bert4rec":
+        small += ["--preset", "demo", "--set", "hidden_size=16", "--set", "max_len=12"]
+    assert main(["train", "--model", model, "--data", str(log_path), "--output", str(out),
+                 *small]) == 0
+    before = (out / "model.safetensors").read_bytes()
+    assert main(["train", "--model", model, "--data", str(log_path), "--output", str(out),
+                 "--overwrite", "--set", "lr=1e30", *small]) == 2
+    assert "before any epoch worth keeping; nothing is saved" in capsys.readouterr().err
+    assert (out / "model.safetensors").read_bytes() == before
+    assert not (out / "checkpoint").exists()

@@ -887,7 +887,7 @@ def cmd_tune(args: argparse.Namespace) -> int:
     sets = report["set_arguments"]
     direct = ("or --set " + " --set ".join(sets) if sets
               else "the model's own settings won: nothing to --set")
-    _say(f"best of {len(report['trials'])} trials: trial {best['trial'] + 1}, valid NDCG@10 "
+    _say(f"best of {len(report['trials'])} trials: trial {best['trial']}, valid NDCG@10 "
          f"{best['valid_NDCG@10']:.4f}; use it with bert4rec benchmark quality --tuned "
          f"{args.output} ({direct})")
     return 0

@@ -70,7 +70,7 @@ class RunInfo:
                 f"{data.source or 'the data'} does not match the data {self.path} was trained on "
                 f"({self.data.get('source')}: {self.data.get('users')} users, "
                 f"{self.data.get('items')} items; given: {data.num_users} users, "
-                f"{data.num_items} items). Evaluate with the training data and its options."
+                f"{data.num_items} items). Give the data it was trained on, read with its options."
             )
 
 

@@ -77,7 +77,7 @@ ITEM_INITS = ("random", "cooccurrence")
 DIVERGED = "diverged: the loss is not finite; lower lr"
 PROBE = 8  # histories scored to tell whether the weights blew up
 NOTHING_KEPT = ("training diverged (loss or scores not finite) in epoch {epoch}, before any epoch "
-                "worth keeping; nothing is saved. Lower lr and start over with --overwrite")
+                "worth keeping; nothing is saved. Lower lr and train again")
 
 
 @dataclass(frozen=True)
@@ -509,6 +509,8 @@ class Trainer:
             self.state = TrainState(**state)
             broadcast_module(self.model, self.group)
         if self.state.stopped == DIVERGED and not self.state.best_epoch:
+            if self.run_dir is not None and self.is_main:  # the way there: not worth resuming
+                checkpoints.remove_checkpoint(self.run_dir)
             raise RunError(NOTHING_KEPT.format(epoch=self.state.epoch))
         return TrainResult(self.model, self.state, valid)
 
@@ -544,7 +546,7 @@ class Trainer:
             stop = stop or "steps done"
         self.state.history.append(record)
         self.state.stopped = stop
-        if self.run_dir is not None:
+        if self.run_dir is not None and not diverged:  # nothing to go on from after a blow-up
             self.save_checkpoint()
         return stop
 
@@ -643,10 +645,12 @@ class Trainer:
                  f"{self.state.epoch} (step {self.state.step})")
         before = meta.get("schedule")
         now = {"total_steps": self.total_steps, "time_budget": self.config.time_budget}
-        if isinstance(before, dict) and before != now:
-            self.log(f"the learning rate now decays over {self.total_steps} steps (time budget "
-                     f"{self.config.time_budget}), not {before.get('total_steps')} (time budget "
-                     f"{before.get('time_budget')}), so it changes from this step on")
+        if isinstance(before, dict):
+            changed = [f"{name.replace('_', ' ')} {before.get(name)} -> {value}"
+                       for name, value in now.items() if before.get(name) != value]
+            if changed:
+                self.log("the learning-rate decay changes from this step on: "
+                         + ", ".join(changed))
 
 
 def _clock(seconds: float) -> str:

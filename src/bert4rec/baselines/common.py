@@ -49,9 +49,13 @@ class Settings:
 
     @classmethod
     def from_dict(cls, values: dict[str, Any]) -> Self:
-        unknown = set(values) - {f.name for f in fields(cls)}
+        known = {f.name for f in fields(cls)}
+        unknown = set(values) - known
         if unknown:
-            raise ConfigError(f"unknown {cls.label} setting(s): {', '.join(sorted(unknown))}")
+            settable = sorted(known - {"num_items", "loss"})
+            raise ConfigError(f"unknown {cls.label} setting(s): {', '.join(sorted(unknown))}; "
+                              f"its settings: {', '.join(settable)}, and the optimisation "
+                              f"settings ({', '.join(f.name for f in fields(FitConfig))})")
         return cls(**values)
 
 
@@ -244,11 +248,13 @@ def fit_loop(
         if log is not None:
             log(" ".join(f"{k} {v:.4f}" if isinstance(v, float) else f"{k} {v}"
                          for k, v in record.items()))
-        if run_dir is not None:
+        if run_dir is not None and result.stopped != DIVERGED:  # nothing to go on from after it
             _save_checkpoint(run_dir, model, best, optimizer, generator,
                              {"identity": identity, "result": asdict(result), "bad": bad})
     result.stopped = result.stopped or "epochs done"
     if result.stopped == DIVERGED and not result.best_epoch:
+        if run_dir is not None:  # the way there: not worth resuming
+            checkpoints.remove_checkpoint(run_dir)
         raise RunError(NOTHING_KEPT.format(epoch=result.epochs))
     model.load_state_dict(best)
     model.eval()
