@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Iterator
 
 import numpy as np
 import pytest
@@ -170,6 +171,43 @@ def test_chunked_top_k_equals_unchunked(exclude_seen: bool) -> None:
         np.testing.assert_allclose(chunked[1], whole[1], rtol=1e-5, atol=1e-6)
     seen = recommend(model, rows, k=6, item_chunk=5)[0]
     assert not any(set(ids) & set(h.tolist()) for ids, h in zip(seen, rows, strict=True))
+
+
+class _Tied:
+    """Scores in blocks: items 1-20 tie at 5, 21-23 at 7, the rest at 1."""
+
+    num_items = 33
+
+    def scores(self, rows: int) -> torch.Tensor:
+        row = torch.tensor([-torch.inf] + [5.0] * 20 + [7.0] * 3 + [1.0] * 10)
+        return row.repeat(rows, 1)
+
+    def score(self, histories: list[np.ndarray]) -> torch.Tensor:
+        return self.scores(len(histories))
+
+    def score_chunks(self, histories: list[np.ndarray], chunk: int
+                     ) -> Iterator[tuple[int, torch.Tensor]]:
+        scores = self.scores(len(histories))
+        for start in range(0, scores.shape[1], chunk):
+            yield start, scores[:, start : start + chunk]
+
+
+def test_ties_go_to_the_lower_id_whatever_the_blocks() -> None:
+    rows = [np.array([21, 3]), np.zeros(0, dtype=np.int64)]
+    expected = [[22, 23, 1, 2, 4, 5], [21, 22, 23, 1, 2, 3]]
+    for chunk in (65_536, 34, 16, 7, 3, 1):
+        ids, _ = recommend(_Tied(), rows, k=6, item_chunk=chunk)
+        assert ids.tolist() == expected, chunk
+
+
+def test_a_nan_score_is_never_recommended() -> None:
+    model = _Tied()
+    row = model.scores(1)
+    row[0, 22] = torch.nan  # item 22 of the three best
+    model.scores = lambda rows: row.repeat(rows, 1)  # type: ignore[method-assign]
+    for chunk in (65_536, 7):
+        ids, scores = recommend(model, [np.zeros(0, dtype=np.int64)], k=4, item_chunk=chunk)
+        assert ids.tolist() == [[21, 23, 1, 2]] and not np.isnan(scores).any()
 
 
 @pytest.fixture(scope="module")

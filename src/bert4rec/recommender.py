@@ -115,12 +115,12 @@ def recommend(
                     scores[:, 0] = -torch.inf
                 if allowed is not None:
                     scores[:, ~allowed[offset : offset + width].to(scores.device)] = -torch.inf
-                top = torch.topk(scores, min(k, width), dim=1)
-                values, ids = top.values, top.indices + offset
+                values, ids = _block_top_k(scores, k, offset)
                 if best is not None:  # merge with the best of the blocks before
                     values, ids = torch.cat([best[0], values], 1), torch.cat([best[1], ids], 1)
-                    top = torch.topk(values, min(k, values.shape[1]), dim=1)
-                    values, ids = top.values, ids.gather(1, top.indices)
+                    order = torch.argsort(ids, dim=1)  # lower ids first, for the ties
+                    values, ids = _best_first(values.gather(1, order), ids.gather(1, order))
+                    values, ids = values[:, :k], ids[:, :k]
                 best = values, ids
         assert best is not None
         n = best[1].shape[1]
@@ -130,6 +130,39 @@ def recommend(
         ids_out[start : start + len(batch), :n] = ids_np
         scores_out[start : start + len(batch), :n] = values_np
     return ids_out, scores_out
+
+
+def _block_top_k(scores: torch.Tensor, k: int, offset: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The ``k`` best scores of each row of a block (column j: item ``offset + j``) and their
+    ids, best first. Ties go to the lower id, so the top-k is the same whatever the blocks
+    (``torch.topk`` alone picks among ties as it goes); a NaN score counts as -inf."""
+    k = min(k, scores.shape[1])
+    top = torch.topk(scores, min(k + 1, scores.shape[1]), dim=1)
+    values, columns = top.values[:, :k], top.indices[:, :k]
+    # Rows to choose again, exactly: a NaN among the best (topk puts NaN first), or a finite
+    # tie across the k-th place (-inf ones are no item and never listed).
+    redo = torch.isnan(values).any(dim=1)
+    if top.values.shape[1] > k:
+        kth = top.values[:, k - 1]
+        redo |= (top.values[:, k] == kth) & torch.isfinite(kth)
+    rows = torch.nonzero(redo).flatten()
+    if len(rows):
+        sub = torch.nan_to_num(scores[rows], nan=-torch.inf, posinf=torch.inf,
+                               neginf=-torch.inf)
+        kth = torch.topk(sub, k, dim=1).values[:, -1:]
+        above, tied = sub > kth, sub == kth
+        tied &= tied.cumsum(dim=1) <= k - above.sum(dim=1, keepdim=True)  # lowest ids first
+        columns, values = columns.clone(), values.clone()
+        columns[rows] = (above | tied).nonzero()[:, 1].view(len(rows), k)
+        values[rows] = sub.gather(1, columns[rows])
+    order = torch.argsort(columns, dim=1)  # lower ids first, for the ties
+    return _best_first(values.gather(1, order), columns.gather(1, order) + offset)
+
+
+def _best_first(values: torch.Tensor, ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """``values`` and ``ids`` sorted best first, each row; equal values keep their order."""
+    order = torch.sort(values, dim=1, descending=True, stable=True).indices
+    return values.gather(1, order), ids.gather(1, order)
 
 
 def scores_finite(model: Recommender, histories: Sequence[np.ndarray]) -> bool:
