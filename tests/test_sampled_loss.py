@@ -284,3 +284,15 @@ def test_checkpoints_of_the_default_loss_keep_their_identity() -> None:
     sampled = Trainer(data, small_model(data.num_items), TrainConfig(threads=1, loss="sampled"),
                       progress=False)
     assert sampled._identity()["train"]["loss"] == "sampled"
+
+
+def test_no_masked_position_is_a_loss_of_zero() -> None:
+    from bert4rec.model import gbce_loss, sampled_softmax_loss
+
+    targets = torch.zeros(0, requires_grad=True)
+    negatives = torch.zeros(0, 5)
+    accidental = torch.zeros(0, 5, dtype=torch.bool)
+    for loss in (sampled_softmax_loss(targets, negatives, accidental),
+                 gbce_loss(targets, negatives, accidental, beta=0.5)):
+        assert loss.item() == 0.0
+        loss.backward()  # the graph is kept

@@ -156,10 +156,12 @@ def _written_out_pays(q: torch.Tensor, p: float, masks: DropoutMasks | None) -> 
     """Whether the written-out attention beats PyTorch's fused CPU kernel here. With dropout
     the fused kernel is unavailable and PyTorch's fallback draws its masks with ``bernoulli_``.
     When training in bf16 the fused kernel's backward is slow: at B = 256, T = 200, two heads
-    of 32 or 64, its forward + backward take about 1.5x the written-out one's, whose softmax
-    runs in fp32 and matmuls in bf16 (a step 13-18 % shorter, ``benchmarks/attention_cpu.py``).
-    Forward alone (inference) and fp32 training stay on the fused kernel, which is faster
-    there."""
+    of 32 or 64, its forward + backward take about 1.5x the written-out one's (a step 13-18 %
+    shorter, ``benchmarks/attention_cpu.py``). The price is precision: under CPU autocast the
+    written-out scores and softmax are bf16, where the fused kernel keeps its scores in fp32
+    (its attention weights are 2-6x closer to exact; a whole model's gradients differ from fp32
+    by about 1.0 % against 0.84 %). Forward alone (inference) and fp32 training stay on the
+    fused kernel, which is faster there."""
     if q.device.type != "cpu":
         return False  # the GPU's fused kernels apply dropout themselves
     if p > 0.0 and masks is not None:
@@ -182,8 +184,8 @@ def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, attend: torch.T
     mask = mask.masked_fill(~attend, float("-inf")).expand(b, heads, 1, t).reshape(-1, 1, t)
     scores = torch.baddbmm(mask, q.reshape(-1, tq, d_head), k.reshape(-1, t, d_head).mT,
                            alpha=d_head**-0.5)  # (B * heads, Tq, T)
-    probs = torch.softmax(scores, dim=-1)
-    if torch.is_autocast_enabled("cpu"):  # autocast's softmax is fp32; its matmul would cast
+    probs = torch.softmax(scores, dim=-1)  # bf16 under CPU autocast, as the scores
+    if torch.is_autocast_enabled("cpu"):  # the autocast dtype for the matmul with V
         probs = probs.to(torch.get_autocast_dtype("cpu"))
     out = dropout(probs, p, True, masks) @ v.reshape(-1, t, d_head)
     return out.view(b, heads, tq, d_head)
@@ -263,7 +265,8 @@ def sampled_softmax_loss(
         negative_logits = negative_logits - log_expected[None, :]  # (N, K)
     negative_logits = negative_logits.masked_fill(accidental, -math.inf)
     logits = torch.cat([target_logits[:, None], negative_logits], dim=1)  # (N, 1 + K)
-    return (logits.logsumexp(dim=1) - target_logits).mean()
+    # Summed over at least one row: no masked position is a loss of 0, as the full softmax's.
+    return (logits.logsumexp(dim=1) - target_logits).sum() / max(len(target_logits), 1)
 
 
 def gbce_beta(num_negatives: int, num_items: int, t: float) -> float:
@@ -289,7 +292,8 @@ def gbce_loss(
     an accidental hit adds nothing (the average still divides by 1 + K, as gSASRec's mean)."""
     positive = beta * F.softplus(-target_logits)  # (N,): -log sigmoid(s)^beta
     negative = F.softplus(negative_logits).masked_fill(accidental, 0.0)  # -log(1 - sigmoid(s))
-    return ((positive + negative.sum(dim=1)) / (1 + negative_logits.shape[1])).mean()
+    per_row = (positive + negative.sum(dim=1)) / (1 + negative_logits.shape[1])
+    return per_row.sum() / max(len(per_row), 1)  # no masked position: 0, not NaN
 
 
 class BERT4Rec(nn.Module):
