@@ -256,6 +256,22 @@ class _DivergesAtEpoch3(Trainer):
         return float("nan")
 
 
+class _DivergesAtOnce(_DivergesAtEpoch3):
+    def train_step(self, *args: Any, **kwargs: Any) -> float:
+        self.state.epoch = max(self.state.epoch, 2)  # as if two epochs had passed
+        return super().train_step(*args, **kwargs)
+
+
+def test_a_run_diverged_when_its_time_budget_ends_keeps_nothing(tmp_path: Path) -> None:
+    data = planted(num_users=60)
+    trainer = _DivergesAtOnce(data, small_model(data.num_items),
+                              quick(epochs=5, time_budget=1e-9), run_dir=tmp_path,
+                              progress=False)
+    with pytest.raises(RunError, match="before any epoch worth keeping"):
+        trainer.fit()
+    assert not (tmp_path / "checkpoint").exists()
+
+
 def test_a_diverged_run_keeps_its_last_good_weights() -> None:
     data = planted(num_users=60)
     result = _DivergesAtEpoch3(data, small_model(data.num_items),

@@ -74,10 +74,8 @@ LOSSES = ("softmax", "sampled", "gbce")
 LATER_SETTINGS = ("loss", "num_negatives", "sampling_alpha", "gbce_t", "valid_users",
                   "item_embedding_init", "ema_decay")
 ITEM_INITS = ("random", "cooccurrence")
-DIVERGED = "diverged: the loss is not finite; lower lr"
-PROBE = 8  # histories scored to tell whether the weights blew up
-NOTHING_KEPT = ("training diverged (loss or scores not finite) in epoch {epoch}, before any epoch "
-                "worth keeping; nothing is saved. Lower lr and train again")
+DIVERGED = "diverged: the loss or the scores are not finite; lower lr"
+PROBE = 8  # users whose scores tell weights that blew up (blew_up)
 
 
 @dataclass(frozen=True)
@@ -260,6 +258,29 @@ def lr_factor(step: int, warmup: int, progress: float) -> float:
     return max(0.0, 1.0 - progress)
 
 
+def probe_histories(data: Interactions) -> list[np.ndarray]:
+    """A few users' training histories, whose scores tell weights that blew up."""
+    return [data.sequence(u)[:-2] for u in range(min(PROBE, data.num_users))]
+
+
+def blew_up(loss: float, trained: bool, model: Any, probe: list[np.ndarray]) -> bool:
+    """Whether an epoch diverged: its mean loss (``trained``: it had steps) or the scores of
+    the ``probe`` histories are not finite (weights can blow up with each one still finite).
+    Such weights are never kept nor scored, and every step after would be NaN too."""
+    return (trained and not math.isfinite(loss)) or not scores_finite(model, probe)
+
+
+def nothing_kept(run_dir: Path | None, epoch: int) -> RunError:
+    """The error of a run that diverged in ``epoch`` before any epoch worth keeping. Its
+    checkpoint in ``run_dir`` (given by the one process that writes it), the way to the
+    blow-up, is not worth resuming and is removed."""
+    if run_dir is not None:
+        checkpoints.remove_checkpoint(run_dir)
+    return RunError(f"training diverged (the loss or the scores are not finite) in epoch "
+                    f"{epoch}, before any epoch worth keeping; nothing is saved. Lower lr and "
+                    "train again")
+
+
 class Trainer:
     """Owns the model, optimiser, data windows and generators of one training run."""
 
@@ -300,9 +321,7 @@ class Trainer:
             raise ConfigError("no training sequences: every user has fewer than 3 items")
         base = train.offsets[users]
         self.starts, self.ends = base + starts, base + ends  # positions in train_items
-        # A few training windows whose scores tell weights that blew up (scores_finite).
-        self.probe = [self.train_items[a:b] for a, b in zip(self.starts[:PROBE],
-                                                             self.ends[:PROBE], strict=True)]
+        self.probe = probe_histories(data)
         self.sampler: NegativeSampler | None = None
         self.gbce_beta: float | None = None
         if config.loss != "softmax":
@@ -509,9 +528,7 @@ class Trainer:
             self.state = TrainState(**state)
             broadcast_module(self.model, self.group)
         if self.state.stopped == DIVERGED and not self.state.best_epoch:
-            if self.run_dir is not None and self.is_main:  # the way there: not worth resuming
-                checkpoints.remove_checkpoint(self.run_dir)
-            raise RunError(NOTHING_KEPT.format(epoch=self.state.epoch))
+            raise nothing_kept(self.run_dir if self.is_main else None, self.state.epoch)
         return TrainResult(self.model, self.state, valid)
 
     def _close_epoch(self, record: dict[str, Any], trained: bool, stop: str) -> str:
@@ -520,13 +537,9 @@ class Trainer:
         cfg = self.config
         finished = self.state.epoch >= self.epochs or self.state.step >= self.total_steps
         scored = self.state.epoch % cfg.eval_every == 0 or finished or bool(stop)
-        diverged = trained and not math.isfinite(record["loss"])
-        if scored or diverged:
-            # Weights that blew up are never kept, nor scored: every step from here on would
-            # be NaN too.
-            diverged = diverged or not scores_finite(self.validated_model, self.probe)
+        diverged = blew_up(record["loss"], trained, self.validated_model, self.probe)
         if diverged:
-            stop = stop or DIVERGED
+            stop = DIVERGED  # whatever else ended the epoch (the time budget)
         elif scored:
             metrics = self.validate()
             self.model.train()

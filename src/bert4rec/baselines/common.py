@@ -29,10 +29,9 @@ from bert4rec import checkpoints
 from bert4rec.checks import check_optimisation, check_range, check_types
 from bert4rec.data import Interactions
 from bert4rec.device import resolve_device
-from bert4rec.errors import ConfigError, RunError
+from bert4rec.errors import ConfigError
 from bert4rec.evaluation import check_valid_users, evaluate, validation_users
-from bert4rec.recommender import scores_finite
-from bert4rec.training import DIVERGED, NOTHING_KEPT, PROBE
+from bert4rec.training import DIVERGED, blew_up, nothing_kept, probe_histories
 
 
 @dataclass(frozen=True)
@@ -186,7 +185,7 @@ def fit_loop(
     best = {k: v.detach().clone() for k, v in model.state_dict().items()}
     bad = 0
     valid_users = validation_users(data, config.valid_users, config.seed)
-    probe = [data.sequence(u)[:-2] for u in range(min(PROBE, data.num_users))]
+    probe = probe_histories(data)
     identity = {"version": CHECKPOINT_VERSION, "model": model.name, "config": model.config(),
                 "fit": {k: v for k, v in asdict(config).items() if k not in RESUMABLE},
                 "data": data.fingerprint, "examples": num_examples}
@@ -225,11 +224,8 @@ def fit_loop(
         result.epochs = epoch
         record: dict[str, Any] = {"epoch": epoch, "loss": float(np.mean(losses))}
         model.eval()
-        # Weights that blew up are never kept, nor scored: every step from here on would be
-        # NaN too.
-        blew_up = bool(losses) and not np.isfinite(record["loss"])
-        if blew_up or not scores_finite(model, probe):  # type: ignore[arg-type]
-            result.stopped = result.stopped or DIVERGED
+        if blew_up(record["loss"], bool(losses), model, probe):
+            result.stopped = DIVERGED  # whatever else ended the epoch (the time budget)
         elif epoch % config.eval_every == 0 or epoch == config.epochs or result.stopped:
             metrics = evaluate(model, data, split="valid", protocol="full",  # type: ignore[arg-type]
                                progress=False, users=valid_users).metrics
@@ -253,9 +249,7 @@ def fit_loop(
                              {"identity": identity, "result": asdict(result), "bad": bad})
     result.stopped = result.stopped or "epochs done"
     if result.stopped == DIVERGED and not result.best_epoch:
-        if run_dir is not None:  # the way there: not worth resuming
-            checkpoints.remove_checkpoint(run_dir)
-        raise RunError(NOTHING_KEPT.format(epoch=result.epochs))
+        raise nothing_kept(run_dir, result.epochs)
     model.load_state_dict(best)
     model.eval()
     return result
