@@ -163,17 +163,38 @@ def test_resume_refuses_other_settings(tmp_path: Path, monkeypatch: pytest.Monke
                 progress=False).fit()
 
 
-def test_resuming_with_more_epochs_says_the_learning_rate_changes(tmp_path: Path) -> None:
+def test_resuming_with_more_epochs_says_the_learning_rate_changes(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     data = planted(num_users=60)
-    Trainer(data, small_model(data.num_items), quick(epochs=1), run_dir=tmp_path,
-            progress=False).fit()
+    original = Trainer.save_checkpoint
+
+    def save_then_crash(self: Trainer) -> None:
+        original(self)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(Trainer, "save_checkpoint", save_then_crash)
+    with pytest.raises(KeyboardInterrupt):  # stopped after epoch 1 of 2
+        Trainer(data, small_model(data.num_items), quick(epochs=2), run_dir=tmp_path,
+                progress=False).fit()
+    monkeypatch.setattr(Trainer, "save_checkpoint", original)
     lines: list[str] = []
-    trainer = Trainer(data, small_model(data.num_items), quick(epochs=2), run_dir=tmp_path,
+    trainer = Trainer(data, small_model(data.num_items), quick(epochs=3), run_dir=tmp_path,
                       progress=False, log=lines.append)
-    trainer.fit()
+    assert trainer.fit().state.epoch == 3  # it trained on
     total = trainer.total_steps
-    assert (f"the learning-rate decay changes from this step on: total steps {total // 2} -> "
-            f"{total}") in lines
+    assert (f"the learning-rate decay changes from this step on: total steps {total * 2 // 3} "
+            f"-> {total}") in lines
+
+    # A run its time budget stopped trains no further: nothing changes, nothing is said.
+    budget = tmp_path / "budget"
+    Trainer(data, small_model(data.num_items), quick(epochs=1, time_budget=1e-9),
+            run_dir=budget, progress=False).fit()
+    lines.clear()
+    again = Trainer(data, small_model(data.num_items), quick(epochs=2, time_budget=1e-9),
+                    run_dir=budget, progress=False, log=lines.append).fit()
+    assert again.state.epoch == 1
+    assert not any("learning-rate decay" in line for line in lines)
 
 
 def test_time_budget_stops_and_keeps_best_weights() -> None:

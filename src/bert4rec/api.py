@@ -53,23 +53,20 @@ def train(
     model_config = chosen.model_config(data.num_items)  # every setting checked before anything
     run_dir = Path(output) if output is not None else None
     with distributed.session(chosen.train.device) as group:
-        main = group is None or group.is_main
-        if run_dir is not None and main:
-            with distributed.on_main(group):
+        with distributed.main_first(group) as main:  # no rank resumes what rank 0 removes
+            if run_dir is not None and main:
                 check_output(run_dir, overwrite, resumable=True)
                 if overwrite:
                     start_over(run_dir)
-        distributed.broadcast_json(None, group)  # no rank resumes from what rank 0 removes
         trainer = Trainer(data, model_config, chosen.train, run_dir=run_dir, progress=progress,
                           log=log)
         result = trainer.fit()
         device = str(trainer.device)
         del trainer  # its DDP wrapper holds the process group, which the session closes
-        if run_dir is not None and main:
-            with distributed.on_main(group):
+        with distributed.main_first(group) as main:  # every rank returns once it is written
+            if run_dir is not None and main:
                 _save_trained(run_dir, result, chosen, model_config.to_dict(), data, options,
                               titles, device, 1 if group is None else group.world_size)
-        distributed.broadcast_json(None, group)  # every rank returns once the run is written
     return result
 
 

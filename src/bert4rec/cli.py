@@ -352,10 +352,9 @@ def cmd_train(args: argparse.Namespace) -> int:
             options = _prepare_options(args)
             # Rank 0 downloads and prepares the data first; the others then read its cache.
             # A failure on any rank stops them all, with its message.
-            if distributed.is_main():
-                with distributed.on_main(group):
+            with distributed.main_first(group) as main:
+                if main:
                     data = _load(args, options)
-            distributed.broadcast_json(None, group)
             with distributed.together(group):
                 if not distributed.is_main():
                     data = _load(args, options)

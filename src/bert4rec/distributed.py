@@ -156,6 +156,17 @@ def on_main(group: Distributed | None) -> Iterator[None]:
 
 
 @contextmanager
+def main_first(group: Distributed | None) -> Iterator[bool]:
+    """Around work that rank 0 does first while the others wait (it yields whether this rank
+    is rank 0, which does the work): they go on once it has done it, or stop with its error
+    (:func:`on_main`)."""
+    main = group is None or group.is_main
+    with on_main(group):
+        yield main
+    broadcast_json(None, group)
+
+
+@contextmanager
 def together(group: Distributed | None) -> Iterator[None]:
     """Around work every rank does on its own before they next meet: if it fails on some, the
     others stop too (a :class:`RunError` naming them) instead of waiting for them."""

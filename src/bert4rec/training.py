@@ -58,6 +58,7 @@ from bert4rec.distributed import (
     current,
     on_main,
     share,
+    together,
 )
 from bert4rec.errors import ConfigError, RunError
 from bert4rec.evaluation import check_valid_users, evaluate, validation_users
@@ -480,9 +481,11 @@ class Trainer:
         """Train until the epochs, the step count or the time budget run out, or validation
         stops improving; the model ends with the best validation weights."""
         cfg = self.config
-        if self.run_dir is not None:
-            self._try_resume()
         self._check_together()
+        if self.run_dir is not None:
+            with together(self.group):  # a checkpoint one rank cannot read stops them all
+                self._try_resume()
+        self._check_resumed_together()
         self.model.train()
         stop = self.state.stopped
         while not stop and self.state.epoch < self.epochs:
@@ -563,6 +566,10 @@ class Trainer:
             self.save_checkpoint()
         return stop
 
+    def _schedule(self) -> dict[str, Any]:
+        """What the learning-rate schedule and the stop follow, beside the settings."""
+        return {"total_steps": self.total_steps, "time_budget": self.config.time_budget}
+
     def _elapsed(self, started: float) -> float:
         """Seconds of training so far. Under torchrun with a time budget, rank 0's clock: the
         budget moves the learning rate and the stop, which must be the same on every rank."""
@@ -572,16 +579,18 @@ class Trainer:
         return elapsed
 
     def _check_together(self) -> None:
-        """Under torchrun, refuse processes that would train apart: on other data or settings
-        (their step counts would differ and the first to finish would leave the others
-        waiting) or from different checkpoints."""
+        """Under torchrun, refuse processes that would train apart, on other data or settings:
+        their steps and exchanges would differ, and the first to finish or to exchange
+        otherwise would leave the others waiting."""
         if self.group is None:
             return
-        plan = json.dumps([self._identity(), self.total_steps], sort_keys=True, default=str)
+        plan = json.dumps([self._identity(), self._schedule()], sort_keys=True, default=str)
         digest = int.from_bytes(hashlib.sha256(plan.encode()).digest()[:7], "big")
         if len(set(all_gather_int(digest, self.group))) > 1:
             raise RunError("the processes of this torchrun hold different data or settings: "
                            "every one must read the same --data with the same options")
+
+    def _check_resumed_together(self) -> None:
         steps = all_gather_int(self.state.step, self.group)
         if len(set(steps)) > 1:
             raise RunError(
@@ -632,8 +641,7 @@ class Trainer:
             "dropout_masks": self.model.dropout_masks.get_state(),
             "state": asdict(self.state),
             "param_groups": checkpoints.optimizer_groups(self.optimizer),
-            "schedule": {"total_steps": self.total_steps,
-                         "time_budget": self.config.time_budget},
+            "schedule": self._schedule(),
         }
         checkpoints.write_checkpoint(self.run_dir, tensors, meta, self.state.step)
 
@@ -656,9 +664,8 @@ class Trainer:
             self.state = TrainState(**meta["state"])
         self.log(f"resumed from {self.run_dir / checkpoints.CHECKPOINT_DIR} at epoch "
                  f"{self.state.epoch} (step {self.state.step})")
-        before = meta.get("schedule")
-        now = {"total_steps": self.total_steps, "time_budget": self.config.time_budget}
-        if isinstance(before, dict):
+        before, now = meta.get("schedule"), self._schedule()
+        if isinstance(before, dict) and not self.state.stopped:  # it trains on
             changed = [f"{name.replace('_', ' ')} {before.get(name)} -> {value}"
                        for name, value in now.items() if before.get(name) != value]
             if changed:
