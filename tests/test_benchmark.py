@@ -25,7 +25,7 @@ from bert4rec.cli import main
 from bert4rec.data import load_interactions
 from bert4rec.errors import ConfigError
 from bert4rec.evaluation import METRICS, evaluate
-from bert4rec.runs import load_model
+from bert4rec.runs import REPLACING, load_model
 from bert4rec.split import train_sequences
 
 Watch = Callable[[list[int]], list[int]]  # the watch_checkpoints fixture
@@ -276,6 +276,11 @@ def test_resume_goes_on_with_an_unfinished_run_from_its_checkpoint(
     run_dir = tmp_path / "bench" / "runs" / f"{model}-seed0"
     assert checkpoints.read_checkpoint(run_dir) is not None
     written.clear()
+    # A finished run of an earlier benchmark left there, with no mark that it is replaced (as
+    # a checkpoint written before the mark existed): going on replaces it all the same.
+    straight_dir = tmp_path / "straight" / "runs" / f"{model}-seed0"
+    (run_dir / "run.json").write_bytes((straight_dir / "run.json").read_bytes())
+    (run_dir / "checkpoint" / REPLACING).unlink(missing_ok=True)
 
     resumed = quality(data, tmp_path / "bench", resume=True, **args)
 

@@ -39,7 +39,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from bert4rec.checkpoints import has_checkpoint, start_over
+from bert4rec.checkpoints import has_checkpoint, mark_replacing, start_over
 from bert4rec.data import Interactions, PrepareOptions
 from bert4rec.errors import CheckpointError, ConfigError
 from bert4rec.evaluation import (
@@ -278,6 +278,8 @@ def _run(
     resumed = resume and started.get("key") == key and has_checkpoint(run_dir)
     if not resumed:  # a checkpoint of other settings, or on another machine, is not this run's
         started = _start_over(run_dir, key, commit)
+    else:  # going on replaces a finished run left there (a checkpoint may predate the mark)
+        mark_replacing(run_dir)
     wall = time.perf_counter()
     try:
         recommender, record = _train(model, data, settings, preset, run_dir, options, titles,

@@ -128,7 +128,8 @@ def check_output(run_dir: Path, overwrite: bool, resumable: bool = False) -> Non
     replacing = has_checkpoint(run_dir) and (run_dir / CHECKPOINT_DIR / REPLACING).exists()
     if (run_dir / RUN_FILE).exists() and not overwrite and not (resumable and replacing):
         raise RunError(
-            f"{run_dir} already holds a finished run; pass --overwrite or choose another --output"
+            f"{run_dir} already holds a finished run; pass --overwrite (overwrite=True in "
+            "Python) or choose another --output"
         )
     if run_dir.exists() and not run_dir.is_dir():
         raise RunError(f"{run_dir} exists and is not a directory")
