@@ -516,12 +516,28 @@ def test_file_not_in_utf8_names_the_line(tmp_path: Path, name: str, text: str, l
         read_log(path)
 
 
-def test_gzip_file_says_to_decompress_it(tmp_path: Path) -> None:
-    path = tmp_path / "log.csv.gz"
-    path.write_bytes(gzip.compress(b"user,item\nu,a\n"))
+@pytest.mark.parametrize(("name", "text"), [
+    ("log.csv.gz", "user,item,timestamp\nu,a,3\nu,b,1\nv,a,2\nv,c,5\nv,b,4\n"),
+    ("log.txt.gz", "u a\nu b\nv a\nv c\nv b\n"),
+    ("ratings.dat.gz", "1::10::5::3\n1::11::4::1\n2::10::3::2\n2::12::5::5\n"),
+    ("seqs.gz", "u a b c\nv a d\n"),
+])
+def test_gzip_files_read_as_the_plain_ones(tmp_path: Path, name: str, text: str) -> None:
+    plain = tmp_path / name.removesuffix(".gz")
+    plain.write_text(text, encoding="utf-8")
+    packed = tmp_path / name
+    packed.write_bytes(gzip.compress(text.encode()))
+    expected = load_interactions(plain, KEEP_ALL, use_cache=False)
+    got = load_interactions(packed, KEEP_ALL, use_cache=False)
+    assert sequences_of(got) == sequences_of(expected)
+    assert got.fingerprint == expected.fingerprint
 
-    with pytest.raises(DataError, match=r"log\.csv\.gz: the file is gzip-compressed; decompress"):
-        read_log(path)
+
+def test_parquet_without_its_suffix_is_told_by_its_bytes(tmp_path: Path) -> None:
+    path = tmp_path / "events.bin"
+    pd.DataFrame({"user": [1, 1, 2], "item": [5, 6, 5]}).to_parquet(path)
+    assert sequences_of(load_interactions(path, KEEP_ALL, use_cache=False)) == {
+        1: [5, 6], 2: [5]}
 
 
 def test_csv_with_header_only_has_no_interactions(write_file: WriteFile) -> None:

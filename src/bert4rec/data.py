@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import gzip
 import hashlib
 import io
 import json
@@ -26,7 +27,7 @@ import zipfile
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import pandas as pd
@@ -224,7 +225,9 @@ def _plain(value: Any) -> Any:
 def detect_format(path: Path) -> str:
     """Guess a file's format from its name and first lines; raise if it cannot be told."""
     suffix = path.suffix.lower()
-    if suffix in (".parquet", ".pq"):
+    if suffix == ".gz":  # 'log.csv.gz': the name inside
+        suffix = Path(path.stem).suffix.lower()
+    if suffix in (".parquet", ".pq") or _is_parquet(path):
         return "parquet"
     if suffix == ".inter":
         return "recbole"
@@ -249,9 +252,32 @@ def detect_format(path: Path) -> str:
     )
 
 
+def _gzipped(path: Path) -> bool:
+    """Whether the file is gzip-compressed (by its first bytes, whatever its name)."""
+    with open(path, "rb") as f:
+        return f.read(2) == b"\x1f\x8b"
+
+
+def _open_bytes(path: Path) -> Any:
+    """The file's bytes, decompressed where it is gzip-compressed."""
+    return gzip.open(path, "rb") if _gzipped(path) else open(path, "rb")
+
+
+def _open_text(path: Path) -> Any:
+    """The file as UTF-8 text (a byte-order mark dropped), decompressed where gzip-compressed."""
+    if _gzipped(path):
+        return gzip.open(path, "rt", encoding="utf-8-sig")
+    return open(path, encoding="utf-8-sig")
+
+
+def _compression(path: Path) -> Literal["gzip"] | None:
+    """What pandas is told: a gzip-compressed file decompresses whatever its name."""
+    return "gzip" if _gzipped(path) else None
+
+
 def _head_lines(path: Path, n: int) -> list[str]:
     lines: list[str] = []
-    with open(path, encoding="utf-8-sig") as f:
+    with _open_text(path) as f:
         try:
             for line in f:
                 stripped = line.strip()
@@ -270,10 +296,16 @@ def _looks_like_header(line: str) -> bool:
 
 
 def _is_synthetic(path: Path) -> bool:
-    if path.suffix.lower() in (".parquet", ".pq"):
+    if path.suffix.lower() in (".parquet", ".pq") or _is_parquet(path):
         return False
-    with open(path, encoding="utf-8-sig") as f:
-        return f.readline().startswith(SYNTHETIC_MARKER)
+    with _open_bytes(path) as f:
+        first = f.readline().removeprefix(b"\xef\xbb\xbf")
+    return first.startswith(SYNTHETIC_MARKER.encode())
+
+
+def _is_parquet(path: Path) -> bool:
+    with open(path, "rb") as f:
+        return f.read(4) == b"PAR1"
 
 
 def read_log(path: str | Path, options: PrepareOptions | None = None) -> pd.DataFrame:
@@ -287,10 +319,6 @@ def read_log(path: str | Path, options: PrepareOptions | None = None) -> pd.Data
         raise DataError(f"{path}: is a directory; give the interaction file inside it")
     if path.stat().st_size == 0:
         raise DataError(f"{path}: the file is empty")
-    with open(path, "rb") as f:
-        if f.read(2) == b"\x1f\x8b":  # no reader decompresses, so none is left to guess
-            raise DataError(f"{path}: the file is gzip-compressed; decompress it first "
-                            f"('gunzip -k {path}') and give the decompressed file")
     try:
         frame = _read_log(path, options)
     except UnicodeDecodeError as exc:
@@ -322,7 +350,7 @@ def _read_log(path: Path, options: PrepareOptions) -> pd.DataFrame:
 def _not_utf8(path: Path) -> DataError:
     """The error for a file that is not UTF-8 text, naming its first line that is not."""
     where = ""
-    with open(path, "rb") as f:
+    with _open_bytes(path) as f:
         for number, line in enumerate(f, start=1):
             try:
                 line.decode("utf-8")
@@ -336,7 +364,7 @@ def _not_utf8(path: Path) -> DataError:
 
 
 def _first_bad_line(path: Path, check: Any) -> tuple[int, str] | None:
-    with open(path, encoding="utf-8-sig") as f:
+    with _open_text(path) as f:
         for number, line in enumerate(f, start=1):
             stripped = line.strip()
             if stripped and not stripped.startswith("#") and not check(stripped):
@@ -351,7 +379,7 @@ def _read_pairs(path: Path) -> pd.DataFrame:
     try:
         frame = pd.read_csv(
             path, sep=r"\s+", header=None, names=["user", "item", "extra"], dtype=str,
-            engine="c", na_filter=False,
+            engine="c", na_filter=False, compression=_compression(path),
         )
     except (pd.errors.ParserError, ValueError):
         return _read_sequences(path, pairs=True)
@@ -366,7 +394,7 @@ def _read_sequences(path: Path, pairs: bool = False) -> pd.DataFrame:
     lines that start with '#' are skipped."""
     users: list[str] = []
     items: list[str] = []
-    with open(path, encoding="utf-8-sig") as f:
+    with _open_text(path) as f:
         for number, line in enumerate(f, start=1):
             tokens = line.split()
             if not tokens or tokens[0].startswith("#"):
@@ -391,7 +419,7 @@ def _read_movielens_dat(path: Path, options: PrepareOptions) -> pd.DataFrame:
     # '::' is a multi-character separator, which only pandas' slow Python engine accepts;
     # reading through a tab in its place keeps the C parser, one block at a time.
     with (
-        open(path, "rb") as raw,
+        _open_bytes(path) as raw,
         io.BufferedReader(_ColonsAsTabs(raw), 1 << 20) as text,
         warnings.catch_warnings(),
     ):
@@ -422,7 +450,7 @@ class _ColonsAsTabs(io.RawIOBase):
     the whole file, without holding a second copy of it. A trailing run of colons waits for the
     next block, since how a run splits into pairs depends on the whole run."""
 
-    def __init__(self, raw: io.BufferedReader, block_size: int = 1 << 20) -> None:
+    def __init__(self, raw: Any, block_size: int = 1 << 20) -> None:
         self._raw = raw
         self._block_size = block_size
         self._pending = b""  # converted bytes not yet handed out
@@ -472,7 +500,8 @@ def _read_delimited(
             # every line.
             warnings.simplefilter("error", pd.errors.ParserWarning)
             raw = pd.read_csv(
-                path, sep=sep, dtype=str, skiprows=skipped, engine="c", index_col=False
+                path, sep=sep, dtype=str, skiprows=skipped, engine="c", index_col=False,
+                compression=_compression(path),
             )
     except pd.errors.EmptyDataError as exc:
         raise DataError(f"{path}: the file is empty") from exc
@@ -488,11 +517,13 @@ def _read_delimited(
 
 
 def _extra_field_error(path: Path, sep: str, skipped: int) -> str:
-    width = len(pd.read_csv(path, sep=sep, skiprows=skipped, nrows=0, index_col=False).columns)
+    width = len(pd.read_csv(path, sep=sep, skiprows=skipped, nrows=0, index_col=False,
+                            compression=_compression(path)).columns)
     # One name more than the header has: the extra field is the last column.
     extra = pd.read_csv(
         path, sep=sep, dtype=str, header=None, skiprows=skipped + 1, engine="c",
         names=list(range(width + 1)), usecols=[width], index_col=False,
+        compression=_compression(path),
     )[width]
     rows = np.flatnonzero(extra.notna().to_numpy())
     where = f" line {int(rows[0]) + 2 + skipped}:" if len(rows) else ""
@@ -504,7 +535,7 @@ def _extra_field_error(path: Path, sep: str, skipped: int) -> str:
 
 def _leading_comment_lines(path: Path) -> int:
     count = 0
-    with open(path, encoding="utf-8-sig") as f:
+    with _open_text(path) as f:
         for line in f:
             if line.strip() and not line.lstrip().startswith("#"):
                 break
@@ -725,6 +756,8 @@ _DECIMAL = r"^-?[0-9]{1,9}(\.[0-9]{1,6})?$"  # at most 15 digits: every parser r
 def _read_delimited_fast(
     path: Path, sep: str, options: PrepareOptions, skipped: int, strip_types: bool
 ) -> pd.DataFrame | None:
+    if _gzipped(path):  # read by pandas, which decompresses
+        return None
     try:
         header = pd.read_csv(path, sep=sep, dtype=str, skiprows=skipped, nrows=0, engine="c")
     except (pd.errors.ParserError, ValueError):
@@ -763,6 +796,8 @@ def _read_delimited_fast(
 def _read_movielens_dat_fast(path: Path, options: PrepareOptions) -> pd.DataFrame | None:
     # 'user::item::rating::timestamp' read with ':' as the separator: the odd fields must be
     # empty (pyarrow's null type refuses anything else), so a ':' inside a value fails the read.
+    if _gzipped(path):  # read by pandas, which decompresses
+        return None
     names = [f"c{i}" for i in range(7)]
     roles = dict(zip(("user", "item", "rating", "timestamp"), names[0::2], strict=True))
     if options.min_rating is None:
