@@ -122,7 +122,7 @@ def test_valid_users_reaches_every_trial_from_the_command_line(
     assert [settings["valid_users"] for settings in seen] == [7, 7]
     # Every trial scored alike, so the first (the model's own settings) stays the best.
     said = capsys.readouterr().err
-    assert "trial 0, valid NDCG@10 0.1000" in said
+    assert "trial 1, valid NDCG@10 0.1000" in said
     assert "the model's own settings won: nothing to --set" in said
     assert json.loads(out.read_text())["key"]["shared"]["valid_users"] == 7
 

@@ -778,9 +778,9 @@ def cmd_export(args: argparse.Namespace) -> int:
 
     check_output_file(args.output)
     model, info = load_model(args.run)
-    if Path(args.output).resolve().parent == Path(args.run).resolve():
-        raise DataError(f"--output {args.output} is inside the run {args.run}; write the "
-                        "export elsewhere")
+    if any(_same_file(args.output, part) for part in Path(args.run).iterdir()):
+        raise DataError(f"--output {args.output} is a file of the run {args.run}; name "
+                        "another file")
     if not isinstance(model, BERT4Rec):
         raise DataError(f"{args.run} holds a {info.model} model; export takes bert4rec runs")
     path = export_onnx(model, args.output, run=args.run, info=info)
@@ -886,7 +886,7 @@ def cmd_tune(args: argparse.Namespace) -> int:
     sets = report["set_arguments"]
     direct = ("or --set " + " --set ".join(sets) if sets
               else "the model's own settings won: nothing to --set")
-    _say(f"best of {len(report['trials'])} trials: trial {best['trial']}, valid NDCG@10 "
+    _say(f"best of {len(report['trials'])} trials: trial {best['trial'] + 1}, valid NDCG@10 "
          f"{best['valid_NDCG@10']:.4f}; use it with bert4rec benchmark quality --tuned "
          f"{args.output} ({direct})")
     return 0
