@@ -466,26 +466,19 @@ def test_csv_trailing_field_empty_on_every_line_is_dropped(write_file: WriteFile
     assert sequences_of(load_interactions(path, KEEP_ALL)) == {"u": ["b", "a"]}
 
 
-def test_movielens_line_with_a_fifth_field_names_the_line(write_file: WriteFile) -> None:
-    path = write_file("ratings.dat", "1::10::5::100::7\n1::11::4::200::7\n")
-
-    with pytest.raises(DataError, match=r"ratings\.dat: line 1: '1::10::5::100::7' expected"):
-        read_log(path)
-
-
-def test_time_of_day_without_a_date_is_refused(write_file: WriteFile) -> None:
-    path = write_file("log.csv", "user,item,time\nu,a,23:00\nu,b,01:00\n")
-
-    with pytest.raises(DataError, match=r"log\.csv: line 2: timestamp '23:00' is a time of day "
-                       "with no date; put the date in the same column or in a column named 'date'"):
-        read_log(path)
-
-
-def test_empty_rating_is_shown_as_empty(write_file: WriteFile) -> None:
-    path = write_file("log.csv", "user,item,rating\nu,a,5\nu,b,\n")
-
-    with pytest.raises(DataError, match=r"log\.csv: line 3: rating '' is not a number"):
-        read_log(path, PrepareOptions(min_rating=4))
+@pytest.mark.parametrize(("name", "text", "options", "says"), [
+    ("ratings.dat", "1::10::5::100::7\n1::11::4::200::7\n", None,
+     r"ratings\.dat: line 1: '1::10::5::100::7' expected"),
+    ("log.csv", "user,item,time\nu,a,23:00\nu,b,01:00\n", None,
+     r"log\.csv: line 2: timestamp '23:00' is a time of day with no date; put the date in the "
+     "same column or in a column named 'date'"),
+    ("log.csv", "user,item,rating\nu,a,5\nu,b,\n", PrepareOptions(min_rating=4),
+     r"log\.csv: line 3: rating '' is not a number"),
+])
+def test_odd_fields_name_their_line(write_file: WriteFile, name: str, text: str,
+                                    options: PrepareOptions | None, says: str) -> None:
+    with pytest.raises(DataError, match=says):
+        read_log(write_file(name, text), options)
 
 
 @pytest.mark.parametrize("text", ["", "# only a comment\n\n"])
