@@ -208,6 +208,8 @@ def read_run(run_dir: str | Path) -> tuple[RunInfo, dict[str, torch.Tensor]]:
         meta = json.loads(meta_path.read_text(encoding="utf-8"))
     except json.JSONDecodeError as exc:
         raise RunError(f"{meta_path} is damaged ({exc}); train the run again") from exc
+    if not isinstance(meta, dict):
+        raise RunError(f"{meta_path} is damaged (not a JSON object); train the run again")
     version = meta.get("format_version")
     if version != FORMAT_VERSION:
         raise RunError(
@@ -234,6 +236,12 @@ def read_run(run_dir: str | Path) -> tuple[RunInfo, dict[str, torch.Tensor]]:
         titles=_read_titles(run_dir, vocab),
         popularity=_read_popularity(run_dir),
     )
+    # Files of one run, not of several (a run rewritten while it was read, or files mixed).
+    items = info.config.get("num_items") if isinstance(info.config, dict) else None
+    if (items is not None and items != info.vocab.num_items) or (
+            info.popularity is not None and len(info.popularity) != info.vocab.num_items + 1):
+        raise RunError(f"{run_dir} is inconsistent: {VOCAB_FILE}, {POPULARITY_FILE} and the "
+                       "model's settings count different items; train the run again")
     return info, tensors
 
 

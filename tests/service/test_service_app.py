@@ -4,6 +4,7 @@ stateful endpoints on both stores, batching and reload."""
 from __future__ import annotations
 
 import asyncio
+import shutil
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -216,6 +217,54 @@ def test_reload_of_a_bad_run_keeps_the_old_model(sqlite_client: TestClient,
     assert response.status_code == 400
     assert "is not a run directory (no run.json)" in response.json()["detail"]
     assert sqlite_client.get("/ready").json()["status"] == "ready"
+
+
+def test_reload_of_an_inconsistent_or_odd_run_keeps_the_old_model(
+        sqlite_client: TestClient, tiny_run: TinyRun, other_run: TinyRun,
+        tmp_path: Path) -> None:
+    mixed = tmp_path / "mixed"
+    shutil.copytree(other_run.path, mixed)
+    shutil.copy(tiny_run.path / "items.json", mixed / "items.json")  # another run's items
+    response = sqlite_client.post("/admin/reload", json={"run": str(mixed)})
+    assert response.status_code == 400 and "is inconsistent" in response.json()["detail"]
+    (listed := tmp_path / "listed").mkdir()
+    (listed / "run.json").write_text("[]", encoding="utf-8")
+    response = sqlite_client.post("/admin/reload", json={"run": str(listed)})
+    assert response.status_code == 400 and "not a JSON object" in response.json()["detail"]
+    response = sqlite_client.post("/admin/reload", json={"run": "/" + "a" * 300})
+    assert response.status_code == 404
+    assert sqlite_client.get("/model").json()["items"] == tiny_run.data.num_items
+    assert sqlite_client.post("/recommend", json={"history": [1, 2]}).status_code == 200
+
+
+def _nested(depth: int) -> Any:
+    value: Any = 1
+    for _ in range(depth):
+        value = [value]
+    return value
+
+
+@pytest.mark.parametrize("body", [
+    {"history": ["\ud800"]},
+    {"history": [1], "\udfff": 1},
+    {"history": _nested(600)},
+    {"history": list(range(20_000))},
+])
+def test_odd_bodies_are_a_brief_422(sqlite_client: TestClient, body: dict[str, Any]) -> None:
+    import json as jsonlib
+
+    response = sqlite_client.post("/recommend", content=jsonlib.dumps(body).encode(),
+                                  headers={"content-type": "application/json"})
+    assert response.status_code == 422
+    assert len(response.content) < 20_000  # what was sent is not echoed whole
+
+
+def test_a_body_over_the_limit_is_refused_unread(sqlite_client: TestClient) -> None:
+    from bert4rec.service.app import MAX_BODY
+
+    response = sqlite_client.post("/recommend", content=b" " * (MAX_BODY + 1),
+                                  headers={"content-type": "application/json"})
+    assert response.status_code == 413 and "at most" in response.json()["detail"]
 
 
 def test_concurrent_requests_are_batched(tiny_run: TinyRun, tmp_path: Path) -> None:

@@ -19,6 +19,7 @@ import math
 import re
 import signal
 from collections.abc import AsyncIterator, Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any, TypeVar
@@ -30,6 +31,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, RedirectResponse
 from fastapi.staticfiles import StaticFiles
 from starlette.concurrency import run_in_threadpool
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from bert4rec.errors import Bert4RecError, DataError
 from bert4rec.service.engine import Batcher, Recommendation, ServedModel, load_served
@@ -72,6 +74,10 @@ CANNOT_EXPLAIN: dict[int | str, dict[str, Any]] = {
           "every item is): explanations are for items the model would recommend, which "
           "exclude the history."}}
 WEB = Path(__file__).parent / "web"
+# Larger than any valid body (10,000 history ids and as many candidates, of 128 characters):
+# a bigger one is refused before it is read.
+MAX_BODY = 8 << 20
+STORE_THREADS = 8  # threads, each with its own store connection, kept for the app's life
 
 
 @dataclass
@@ -102,12 +108,20 @@ def create_app(
     state = ServiceState(load_served(run, onnx, onnx_threads, bf16), open_store(db),
                          Batcher(max_batch, max_wait), onnx_threads, bf16)
     reload_lock = asyncio.Lock()
+    # Store calls on threads that live as long as the app: each keeps its own connection, so
+    # the connections are as many as the threads, never one more per thread recycled.
+    store_pool = ThreadPoolExecutor(STORE_THREADS, thread_name_prefix="bert4rec-store")
     # One explanation at a time: each is several forward passes over a whole history, so a
     # burst of them queues instead of crowding out the recommendation batches.
     explaining = asyncio.Semaphore(1)
 
-    async def reload(run: str | Path, onnx: str | Path | None) -> ServedModel:
+    async def reload(run: str | Path | None, onnx: str | Path | None) -> ServedModel:
+        """Load ``run`` (None: the served run again, read when its turn comes)."""
         async with reload_lock:
+            if run is None:
+                current = state.served
+                run = current.info.path
+                onnx = current.source if current.backend == "onnx" else None
             served = await run_in_threadpool(load_served, run, onnx, state.onnx_threads,
                                              state.bf16)
             state.served = served  # requests queued before keep their model
@@ -115,9 +129,8 @@ def create_app(
             return served
 
     def on_sighup() -> None:
-        served = state.served
-        onnx_file = served.source if served.backend == "onnx" else None
-        task = asyncio.ensure_future(reload(served.info.path, onnx_file))
+        # The run served when the reload's turn comes: an /admin/reload before it stays.
+        task = asyncio.ensure_future(reload(None, None))
         task.add_done_callback(_log_failure)
 
     @contextlib.asynccontextmanager
@@ -132,11 +145,26 @@ def create_app(
             with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
                 loop.remove_signal_handler(signal.SIGHUP)
             await state.batcher.stop()
+            store_pool.shutdown(wait=True)
             state.store.close()
 
     app = FastAPI(title="bert4rec", version="1", lifespan=lifespan,
                   description="BERT4Rec recommendations for item histories and stored users.")
     app.state.service = state
+
+    @app.middleware("http")
+    async def refuse_huge_bodies(request: Request, call_next: Any) -> Any:
+        declared = request.headers.get("content-length", "")
+        if declared.isdigit() and int(declared) > MAX_BODY:
+            return JSONResponse({"detail": f"the body has {int(declared)} bytes; at most "
+                                 f"{MAX_BODY} are read"}, status_code=413)
+        return await call_next(request)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def http_problem(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        """The error as FastAPI gives it, its detail made safe to send (see :func:`_brief`)."""
+        return JSONResponse({"detail": _brief(exc.detail, text=2000)},
+                            status_code=exc.status_code, headers=exc.headers)
 
     @app.exception_handler(RequestValidationError)
     async def invalid_request(request: Request, exc: RequestValidationError) -> JSONResponse:
@@ -148,12 +176,15 @@ def create_app(
             reason = (broken.get("ctx") or {}).get("error", "")
             return JSONResponse({"detail": f"the body is not valid JSON ({reason}); send a "
                                  "JSON object"}, status_code=400)
-        return JSONResponse({"detail": _json_safe(jsonable_encoder(errors))}, status_code=422)
+        # What was sent is echoed briefly: a huge or deep body must not make a huge answer.
+        shown = [{**jsonable_encoder({k: v for k, v in e.items() if k != "input"}),
+                  "input": _brief(e.get("input"))} for e in errors]
+        return JSONResponse({"detail": _brief(shown, depth=6, items=50)}, status_code=422)
 
     async def store_call(fn: Callable[..., T], *args: Any) -> T:
         """Run a blocking store call on a worker thread; a database failure is a 503."""
         try:
-            return await run_in_threadpool(fn, *args)
+            return await asyncio.get_running_loop().run_in_executor(store_pool, fn, *args)
         except Bert4RecError as exc:
             raise HTTPException(503, f"event store unavailable: {exc}") from exc
         except Exception as exc:
@@ -180,7 +211,7 @@ def create_app(
         """A model is loaded and the event store answers."""
         served = state.served
         try:
-            await run_in_threadpool(state.store.ping)
+            await asyncio.get_running_loop().run_in_executor(store_pool, state.store.ping)
         except Exception as exc:
             return JSONResponse(Ready(status="unavailable", problem=f"event store: {exc}")
                                 .model_dump(), status_code=503)
@@ -265,7 +296,7 @@ def create_app(
         """Load another run directory (or ONNX export) and swap it in; requests in flight
         finish on the old model, none is refused."""
         for given in (body.run, body.onnx):
-            if given is not None and not Path(given).exists():
+            if given is not None and not _exists(given):
                 raise HTTPException(404, f"{given} does not exist (on the server)")
         try:
             served = await reload(body.run, body.onnx)
@@ -288,15 +319,37 @@ def _response(result: Recommendation, user: str | None) -> Recommendations:
                            user=user)
 
 
-def _json_safe(value: Any) -> Any:
-    """``value`` with every NaN or infinite float replaced by its text."""
+def _brief(value: Any, depth: int = 2, items: int = 20, text: int = 200) -> Any:
+    """``value`` as an error may echo it: JSON-safe (NaN and infinities as text, a lone UTF-16
+    surrogate escaped) and short (``depth`` levels, ``items`` entries a level, ``text``
+    characters a string), whatever was sent."""
     if isinstance(value, float) and not math.isfinite(value):
         return repr(value)
-    if isinstance(value, dict):
-        return {key: _json_safe(v) for key, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [_json_safe(v) for v in value]
+    if isinstance(value, str):
+        cut = value if len(value) <= text else value[:text] + "..."
+        return cut.encode("utf-8", "backslashreplace").decode("utf-8")
+    if isinstance(value, dict | list | tuple):
+        if depth == 0:
+            return f"<{len(value)} values>"
+        pairs = list(value.items())[:items] if isinstance(value, dict) else None
+        if pairs is not None:
+            out: Any = {_brief(str(k), 0, items, text): _brief(v, depth - 1, items, text)
+                        for k, v in pairs}
+        else:
+            out = [_brief(v, depth - 1, items, text) for v in list(value)[:items]]
+        if len(value) > items:
+            more = f"... {len(value) - items} more"
+            out = {**out, "...": more} if isinstance(out, dict) else [*out, more]
+        return out
     return value
+
+
+def _exists(path: str) -> bool:
+    """Whether ``path`` exists; a name the system refuses (too long, a NUL) does not."""
+    try:
+        return Path(path).exists()
+    except (OSError, ValueError):
+        return False
 
 
 def _explanation(served: ServedModel, body: ExplainRequest) -> ExplanationOut:
