@@ -20,6 +20,7 @@ from bert4rec.cli import main
 from bert4rec.data import SYNTHETIC_MARKER, Interactions, load_interactions
 from bert4rec.evaluation import METRICS, evaluate
 from bert4rec.recommender import recommend
+from bert4rec.runs import load_model
 from bert4rec.split import train_sequences
 
 FALLBACK_NOTE = "no known item in the history: these are the most popular items in training"
@@ -438,3 +439,30 @@ def test_synthetic_fits_small_catalogues(tmp_path: Path, items: str) -> None:
     assert main(["synthetic", "--output", str(out), "--users", "20", "--items", items]) == 0
     assert out.exists()
     assert main(["synthetic", "--output", str(tmp_path / "no.csv"), "--users", "-1"]) == 2
+
+
+def test_evaluate_per_user_never_replaces_an_input(
+    run: Path, log: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    data = tmp_path / "data.csv"
+    data.write_bytes(log.read_bytes())
+    before = data.read_bytes()
+    assert main(["evaluate", "--run", str(run), "--data", str(data), "--per-user",
+                 str(data)]) == 2
+    assert "is the data file" in capsys.readouterr().err
+    assert data.read_bytes() == before
+    assert main(["evaluate", "--run", str(run), "--data", str(log), "--per-user",
+                 str(run / "run.json")]) == 2
+    assert "is inside the run" in capsys.readouterr().err
+    load_model(run)  # whole
+
+
+@pytest.mark.parametrize("command", [["evaluate", "--seed", "-1"], ["train", "--seed", "-3"],
+                                     ["benchmark", "quality", "--seeds", "0", "-1"]])
+def test_negative_seeds_are_refused_by_the_flags(
+    run: Path, log: Path, capsys: pytest.CaptureFixture[str], command: list[str]
+) -> None:
+    with pytest.raises(SystemExit) as stopped:
+        main([*command, "--run", str(run), "--data", str(log)])
+    assert stopped.value.code == 2
+    assert "a seed is a whole number >= 0" in capsys.readouterr().err

@@ -83,7 +83,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--output", required=True, type=Path, help="run directory to write")
     p.add_argument("--overwrite", action="store_true",
                    help="replace a finished run in --output, or start an unfinished one over")
-    p.add_argument("--seed", type=int, default=None,
+    p.add_argument("--seed", type=_seed, default=None,
                    help="seed of the initialisation, masking and batches (default: the "
                    "preset's or the model's, 0)")
     group = p.add_argument_group("training (every model but pop)")
@@ -116,7 +116,7 @@ def build_parser() -> argparse.ArgumentParser:
                    "paper's) or uniformly")
     p.add_argument("--split", choices=("valid", "test"), default="test")
     p.add_argument("--negatives", type=int, default=100, help="negatives per user (sampled)")
-    p.add_argument("--seed", type=int, default=0, help="seed of the negative sampling")
+    p.add_argument("--seed", type=_seed, default=0, help="seed of the negative sampling")
     p.add_argument("--tie-rule", choices=TIE_RULES, default="expected")
     p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto",
                    help="where a neural model scores (default: a GPU when there is one)")
@@ -222,7 +222,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--output", required=True, type=Path)
     p.add_argument("--users", type=int, default=2000)
     p.add_argument("--items", type=int, default=500)
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=_seed, default=0)
     p.set_defaults(func=cmd_synthetic)
 
     p = sub.add_parser("prepare", help="read, prepare and cache a log; print its statistics")
@@ -247,7 +247,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--set", action="append", default=[], metavar="MODEL.KEY=VALUE",
                    help="override one setting of one model, e.g. --set bert4rec.hidden_size=128 "
                    "(repeatable)")
-    p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2],
+    p.add_argument("--seeds", type=_seed, nargs="+", default=[0, 1, 2],
                    help="training seeds (default: 0 1 2); intervals and paired comparisons use "
                    "the first")
     p.add_argument("--time-budget", type=float, default=None, metavar="SECONDS",
@@ -293,7 +293,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--preset", default="default", help="bert4rec's preset (default: default)")
     p.add_argument("--space", type=Path, default=None,
                    help="search spaces (TOML; default: the shipped search_spaces.toml)")
-    p.add_argument("--seed", type=int, default=0, help="seeds the draws and every trial")
+    p.add_argument("--seed", type=_seed, default=0, help="seeds the draws and every trial")
     p.add_argument("--threads", type=int, default=None)
     p.add_argument("--device", choices=("auto", "cpu", "cuda"), default=None)
     p.add_argument("--valid-users", type=int, default=None, metavar="N",
@@ -478,6 +478,12 @@ def cmd_presets(args: argparse.Namespace) -> int:
 def cmd_evaluate(args: argparse.Namespace) -> int:
     if args.per_user is not None:
         check_output_file(args.per_user)
+        run = Path(args.run).resolve()
+        if run in Path(args.per_user).resolve().parents:
+            raise DataError(f"--per-user {args.per_user} is inside the run {args.run}; write it "
+                            "elsewhere")
+        if args.data and _same_file(args.per_user, args.data):
+            raise DataError(f"--per-user {args.per_user} is the data file; name another file")
     model, info = load_model(args.run)
     if isinstance(model, torch.nn.Module):
         from bert4rec.device import resolve_device
@@ -684,6 +690,17 @@ def _recommend_batch(args: argparse.Namespace) -> int:
     _say(f"wrote {args.output}: {rows} rows for {count} users in "
          f"{time.perf_counter() - started:.1f}s")
     return 0
+
+
+def _seed(text: str) -> int:
+    """A seed flag's value: a whole number >= 0 (numpy's generators take no other)."""
+    try:
+        value = int(text)
+    except ValueError:
+        value = -1
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"a seed is a whole number >= 0, not {text!r}")
+    return value
 
 
 def _same_file(output: Path, other: str | Path) -> bool:
