@@ -447,3 +447,18 @@ def test_only_100_negatives_are_called_the_paper_s_protocol() -> None:
 
     assert _protocol_title("popularity", 100).endswith("(the paper's protocol)")
     assert "paper" not in _protocol_title("popularity", 20)
+
+
+def test_a_preset_s_own_time_budget_does_not_apply_to_bert4rec_alone(
+    tmp_path: Path, log_path: Path
+) -> None:
+    demo = (Path(benchmark.__file__).parent / "presets" / "demo.toml").read_text()
+    preset = tmp_path / "budgeted.toml"
+    preset.write_text(demo.replace("time_budget = 150", "time_budget = 1e-9"), encoding="utf-8")
+    data = load_interactions(log_path)
+    report = quality(data, tmp_path / "out", models=["bert4rec"], preset=str(preset), seeds=[0],
+                     epochs=2, threads=1, negatives=20, progress=False, log=None,
+                     overrides={"bert4rec": {"hidden_size": 16, "max_len": 12,
+                                             "eval_every": 1}})
+    (run,) = report["results"]["bert4rec"]["runs"]
+    assert run["epochs"] == 2 and run["stopped"] != "time budget"  # no budget was asked for

@@ -52,6 +52,7 @@ from bert4rec.evaluation import (
     item_popularity,
     sample_negatives,
 )
+from bert4rec.presets import unset_limits
 from bert4rec.runs import atomic_write, write_json
 from bert4rec.split import eval_cases
 
@@ -516,8 +517,14 @@ def quality(
         f"{at_once}")
     tasks = [(model, seed) for model in models for seed in seeds]
     machine = machine_info()
-    keys = {task: _run_key(task[0], {"seed": task[1], **shared, **per_model.get(task[0], {})},
-                           preset, negatives, data, jobs, machine)
+    pinned = unset_limits(preset, shared) if "bert4rec" in models else {}
+
+    def settings_of(task: tuple[str, int]) -> dict[str, Any]:
+        own = {**pinned, **per_model.get("bert4rec", {})} if task[0] == "bert4rec" else \
+            per_model.get(task[0], {})
+        return {"seed": task[1], **shared, **own}
+
+    keys = {task: _run_key(task[0], settings_of(task), preset, negatives, data, jobs, machine)
             for task in tasks}
     records: dict[tuple[str, int], dict[str, Any]] = {}
     if resume:
@@ -534,10 +541,10 @@ def quality(
                 "settings, data, negatives, machine or --jobs; trained again")
     try:
         pending = [task for task in tasks if task not in records]
-        arguments = {task: (task[0], data, {"seed": task[1], **shared,
-                                             **per_model.get(task[0], {})},
-                            preset, output / "runs" / f"{task[0]}-seed{task[1]}", options
-                            or PrepareOptions(), titles, negatives, keys[task], code["commit"])
+        arguments = {task: (task[0], data, settings_of(task), preset,
+                            output / "runs" / f"{task[0]}-seed{task[1]}",
+                            options or PrepareOptions(), titles, negatives, keys[task],
+                            code["commit"])
                      for task in pending}
         if jobs > 1 and len(pending) > 1:
             context = multiprocessing.get_context("spawn")

@@ -92,3 +92,12 @@ def parse_assignment(text: str) -> tuple[str, Any]:
     if isinstance(parsed, str) and parsed.lower() == "none":
         return key.strip(), None  # TOML has no null: `key=none` unsets an optional setting
     return key.strip(), parsed
+
+
+def unset_limits(preset: str, shared: dict[str, Any]) -> dict[str, Any]:
+    """The limits a BERT4Rec preset sets (its time budget, its validation users) that the
+    flags did not, set to none: every model of a comparison gets the flags' limits, not
+    BERT4Rec alone its preset's."""
+    train = load_preset(preset).train
+    return {name: None for name in ("time_budget", "valid_users")
+            if name not in shared and getattr(train, name) is not None}

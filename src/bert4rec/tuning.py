@@ -27,6 +27,7 @@ from typing import Any
 
 from bert4rec.data import Interactions
 from bert4rec.errors import ConfigError
+from bert4rec.presets import unset_limits
 from bert4rec.runs import write_json
 
 METRIC = "NDCG@10"  # validation, full ranking: the metric every model early-stops on
@@ -158,6 +159,8 @@ def tune(
                         ("valid_users", valid_users)):
         if value is not None:
             shared[name] = value
+    if model == "bert4rec":  # the flags' limits, not the preset's
+        shared.update(unset_limits(preset, shared))
     drawn = draw_trials(space, trials, seed)
     for settings in drawn:  # every trial checked before the first one trains
         try:
