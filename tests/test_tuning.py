@@ -12,7 +12,7 @@ import pytest
 from bert4rec import benchmark, synthetic, tuning
 from bert4rec.benchmark import MODELS, check_model_settings
 from bert4rec.cli import main
-from bert4rec.data import load_interactions
+from bert4rec.data import Interactions, load_interactions
 from bert4rec.errors import ConfigError
 from bert4rec.tuning import draw_trials, read_tuned, search_space, tune
 
@@ -223,3 +223,15 @@ def test_a_bert4rec_search_is_used_only_with_its_preset(
     assert "searched bert4rec's settings on preset 'demo'" in capsys.readouterr().err
     assert main([*command, "--preset", "demo"]) == 2  # accepted; then the data is missing
     assert "no such file" in capsys.readouterr().err
+
+
+def test_a_trial_that_diverges_is_recorded_and_the_search_goes_on(
+    tmp_path: Path, medium: Interactions
+) -> None:
+    space = tmp_path / "space.toml"
+    space.write_text("[bpr]\nlr = {low = 1e30, high = 1e31, log = true}\n", encoding="utf-8")
+    report = tune("bpr", medium, tmp_path / "t.json", trials=2, epochs=2, space_file=space,
+                  threads=1)
+    own, wild = report["trials"]
+    assert "diverged" not in own and wild["diverged"] is True
+    assert report["best"]["trial"] == 0 and report["budget"]["trials_done"] == 2

@@ -21,3 +21,7 @@ class CheckpointError(RunError):
 
 class ConfigError(Bert4RecError):
     """A configuration, preset or option is invalid."""
+
+
+class DivergedError(RunError):
+    """Training diverged before any epoch worth keeping: nothing was saved."""

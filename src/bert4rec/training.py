@@ -60,7 +60,7 @@ from bert4rec.distributed import (
     share,
     together,
 )
-from bert4rec.errors import ConfigError, RunError
+from bert4rec.errors import ConfigError, DivergedError, RunError
 from bert4rec.evaluation import check_valid_users, evaluate, validation_users
 from bert4rec.masking import cloze_mask, gather_windows, window_bounds
 from bert4rec.model import BERT4Rec, BERT4RecConfig, NegativeSample, gbce_beta
@@ -271,13 +271,13 @@ def blew_up(loss: float, trained: bool, model: Any, probe: list[np.ndarray]) -> 
     return (trained and not math.isfinite(loss)) or not scores_finite(model, probe)
 
 
-def nothing_kept(run_dir: Path | None, epoch: int) -> RunError:
+def nothing_kept(run_dir: Path | None, epoch: int) -> DivergedError:
     """The error of a run that diverged in ``epoch`` before any epoch worth keeping. Its
     checkpoint in ``run_dir`` (given by the one process that writes it), the way to the
     blow-up, is not worth resuming and is removed."""
     if run_dir is not None:
         checkpoints.remove_checkpoint(run_dir)
-    return RunError(f"training diverged (the loss or the scores are not finite) in epoch "
+    return DivergedError(f"training diverged (the loss or the scores are not finite) in epoch "
                     f"{epoch}, before any epoch worth keeping; nothing is saved. Lower lr and "
                     "train again")
 

@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from bert4rec.data import Interactions
-from bert4rec.errors import ConfigError
+from bert4rec.errors import ConfigError, DivergedError
 from bert4rec.presets import unset_limits
 from bert4rec.runs import write_json
 
@@ -186,8 +186,14 @@ def tune(
             described = ", ".join(f"{k}={v}" for k, v in settings.items()) or "defaults"
             log(f"trial {index + 1}/{trials} of {model}: {described}")
         wall = time.perf_counter()
-        record = _train_and_validate(model, data, preset, {**settings, **shared}, progress,
-                                     log)
+        try:
+            record = _train_and_validate(model, data, preset, {**settings, **shared}, progress,
+                                         log)
+        except DivergedError as exc:  # a trial's settings, not the search, failed: go on
+            if log is not None:
+                log(f"trial {index + 1}/{trials}: {exc}")
+            record = {"valid_full": {}, "train_seconds": time.perf_counter() - wall,
+                      "epochs": None, "best_epoch": 0, "stopped": str(exc), "diverged": True}
         report["trials"].append({
             "trial": index, "settings": settings, **record,
             "wall_seconds": time.perf_counter() - wall, "commit": code,
