@@ -143,6 +143,13 @@ def test_unfinished_or_foreign_files_are_not_searches(tmp_path: Path) -> None:
         read_tuned(path)
     with pytest.raises(ConfigError, match="cannot read"):
         read_tuned(tmp_path / "missing.json")
+    search = {"model": "fpmc", "data": {}, "best": {"settings": {}},
+              "budget": {"trials": 4, "trials_done": 4}}
+    for odd in ({**search, "budget": {"trials": "4", "trials_done": 4}},
+                {**search, "budget": {"trials_done": 4}}, {**search, "key": [1]}):
+        path.write_text(json.dumps(odd))
+        with pytest.raises(ConfigError, match="not the result of bert4rec tune"):
+            read_tuned(path)
 
 
 def test_a_gru4rec_search_from_before_its_top1_loss_is_refused(tmp_path: Path) -> None:

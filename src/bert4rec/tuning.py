@@ -250,7 +250,9 @@ def read_tuned(path: str | Path) -> dict[str, Any]:
     budget, best = report.get("budget"), report.get("best")
     if (not isinstance(report.get("model"), str) or not isinstance(budget, dict)
             or not isinstance(best, dict) or not isinstance(best.get("settings"), dict)
-            or not isinstance(report.get("data"), dict)):
+            or not isinstance(report.get("data"), dict)
+            or not all(isinstance(budget.get(n), int) for n in ("trials", "trials_done"))
+            or not isinstance(report.get("key", {}), dict)):
         raise not_a_search
     if budget.get("trials_done", 0) < budget.get("trials", 0):
         raise ConfigError(f"{path}: the search ran {budget.get('trials_done')} of its "
