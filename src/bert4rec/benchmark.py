@@ -23,6 +23,7 @@ import json
 import multiprocessing
 import os
 import platform
+import signal
 import statistics
 import subprocess
 import sys
@@ -399,6 +400,9 @@ def stored_result(record: dict[str, Any], protocol: Protocol,
 def _start_worker(threads: int | None, parent: int) -> None:
     if threads is not None:
         torch.set_num_threads(threads)
+    # Ctrl-C reaches every process of the group: the parent alone stops the runs (a worker
+    # would take it as its run's result and start the next one).
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     # A benchmark stopped by kill (not Ctrl-C, which reaches every process) would otherwise leave
     # its runs training on, unseen, for the rest of their budget.
     threading.Thread(target=exit_with_parent, args=(parent,), daemon=True).start()
@@ -548,22 +552,25 @@ def quality(
                      for task in pending}
         if jobs > 1 and len(pending) > 1:
             context = multiprocessing.get_context("spawn")
-            with ProcessPoolExecutor(max_workers=min(jobs, len(pending)), mp_context=context,
-                                     initializer=_start_worker,
-                                     initargs=(threads, os.getpid())) as pool:
+            pool = ProcessPoolExecutor(max_workers=min(jobs, len(pending)), mp_context=context,
+                                       initializer=_start_worker,
+                                       initargs=(threads, os.getpid()))
+            try:
                 futures = {pool.submit(_run, *arguments[task], False, None, resume): task
                            for task in pending}
                 for future in as_completed(futures):
                     task = futures[future]
-                    try:
-                        records[task] = future.result()
-                    except BaseException:
-                        # Runs already finished keep their records (--resume reuses them);
-                        # the queued ones are not started.
-                        for other in futures:
-                            other.cancel()
-                        raise
+                    records[task] = future.result()
                     say(_progress_line(len(records), total, task[0], records[task]))
+            except BaseException:
+                # Ctrl-C or a failed run: runs already finished keep their records and the
+                # others their last checkpoint (--resume goes on from both); none goes on
+                # training, and no queued one starts.
+                pool.shutdown(wait=False, cancel_futures=True)
+                for worker in multiprocessing.active_children():
+                    worker.terminate()
+                raise
+            pool.shutdown(wait=True)
         else:
             for task in pending:
                 records[task] = _run(*arguments[task], progress, log if progress else None,
