@@ -242,3 +242,16 @@ def test_a_trial_that_diverges_is_recorded_and_the_search_goes_on(
     own, wild = report["trials"]
     assert "diverged" not in own and wild["diverged"] is True
     assert report["best"]["trial"] == 0 and report["budget"]["trials_done"] == 2
+
+
+def test_more_trials_reuse_the_done_ones_and_another_search_is_not_overwritten(
+    tmp_path: Path, medium: Interactions
+) -> None:
+    out = tmp_path / "t.json"
+    tune("bpr", medium, out, trials=2, epochs=1, threads=1)
+    more = tune("bpr", medium, out, trials=3, epochs=1, threads=1)
+    assert [t.get("reused", False) for t in more["trials"]] == [True, True, False]
+    before = out.read_text()
+    with pytest.raises(ConfigError, match="holds the result of another search"):
+        tune("fpmc", medium, out, trials=1, epochs=1, threads=1)
+    assert out.read_text() == before

@@ -227,13 +227,23 @@ def _toml(value: Any) -> str:
 
 
 def _finished_trials(output: Path, key: dict[str, Any]) -> dict[int, dict[str, Any]]:
-    """Trials already run in ``output`` by the same search, by index."""
+    """Trials already run in ``output`` by the same search, by index: the same search but for
+    its number of trials, whose first trials are drawn alike whatever the number. A result
+    of another search there is refused, not replaced."""
     try:
         saved = json.loads(output.read_text(encoding="utf-8"))
     except (OSError, ValueError):
         return {}
-    if not isinstance(saved, dict) or saved.get("key") != key:
+    if not isinstance(saved, dict) or not isinstance(saved.get("key"), dict):
         return {}
+
+    def search(of: dict[str, Any]) -> dict[str, Any]:
+        return {k: v for k, v in of.items() if k != "trials"}
+
+    if search(saved["key"]) != search(json.loads(json.dumps(key))):
+        raise ConfigError(f"{output} holds the result of another search (other model, data, "
+                          "space, seed, budget or machine); choose another --output, or remove "
+                          "that file to replace it")
     return {t["trial"]: t for t in saved.get("trials", [])
             if isinstance(t, dict) and isinstance(t.get("trial"), int)}
 
