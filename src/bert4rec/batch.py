@@ -165,8 +165,8 @@ def _score_chunk(model: Recommender, info: RunInfo, data: Interactions, to_run: 
     ids, scores = recommend(model, histories, k=k, exclude_seen=exclude_seen,
                             batch_size=batch_size)
     empty = np.flatnonzero([len(h) == 0 for h in histories])
-    if len(empty) and info.popularity is not None:  # nothing known: the most popular items
-        popular = PopularityRecommender(torch.from_numpy(info.popularity))
+    popular = PopularityRecommender.of_run(info)
+    if len(empty) and popular is not None:  # nothing known: the most popular items
         ids[empty], scores[empty] = recommend(popular, [histories[i] for i in empty], k=k)
     back = np.empty_like(order)
     back[order] = np.arange(len(order))

@@ -554,10 +554,11 @@ def cmd_recommend(args: argparse.Namespace) -> int:
         raw = _parse_history(args.history)
         history, skipped = info.vocab.encode(raw)
     note = ""
-    if not len(history) and info.popularity is not None:
-        from bert4rec.baselines.pop import PopularityRecommender
+    from bert4rec.baselines.pop import PopularityRecommender
 
-        model = PopularityRecommender(torch.from_numpy(info.popularity))
+    popular = PopularityRecommender.of_run(info)
+    if not len(history) and popular is not None:
+        model = popular
         note = "no known item in the history: these are the most popular items in training"
     ids, scores = recommend(model, [history], k=args.k, exclude_seen=not args.include_seen)
     valid = ids[0] > 0

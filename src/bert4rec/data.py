@@ -252,10 +252,14 @@ def detect_format(path: Path) -> str:
     )
 
 
-def _gzipped(path: Path) -> bool:
-    """Whether the file is gzip-compressed (by its first bytes, whatever its name)."""
+def _starts_with(path: Path, magic: bytes) -> bool:
+    """Whether the file's first bytes are ``magic`` (its kind, whatever its name)."""
     with open(path, "rb") as f:
-        return f.read(2) == b"\x1f\x8b"
+        return f.read(len(magic)) == magic
+
+
+def _gzipped(path: Path) -> bool:
+    return _starts_with(path, b"\x1f\x8b")
 
 
 def _open_bytes(path: Path) -> Any:
@@ -304,8 +308,7 @@ def _is_synthetic(path: Path) -> bool:
 
 
 def _is_parquet(path: Path) -> bool:
-    with open(path, "rb") as f:
-        return f.read(4) == b"PAR1"
+    return _starts_with(path, b"PAR1")
 
 
 def read_log(path: str | Path, options: PrepareOptions | None = None) -> pd.DataFrame:

@@ -277,9 +277,9 @@ def nothing_kept(run_dir: Path | None, epoch: int) -> DivergedError:
     blow-up, is not worth resuming and is removed."""
     if run_dir is not None:
         checkpoints.remove_checkpoint(run_dir)
-    return DivergedError(f"training diverged (the loss or the scores are not finite) in epoch "
-                    f"{epoch}, before any epoch worth keeping; nothing is saved. Lower lr and "
-                    "train again")
+    return DivergedError(f"training diverged (the loss or the scores are not finite) in "
+                         f"epoch {epoch}, before any epoch worth keeping; nothing is saved. "
+                         "Lower lr and train again")
 
 
 class Trainer:

@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
 
 from bert4rec.split import TrainSequences
+
+if TYPE_CHECKING:
+    from bert4rec.runs import RunInfo
 
 
 class PopularityRecommender:
@@ -19,6 +22,12 @@ class PopularityRecommender:
 
     def __init__(self, counts: torch.Tensor) -> None:
         self.counts = counts.float()  # (num_items + 1,), index = internal item id
+
+    @classmethod
+    def of_run(cls, info: RunInfo) -> PopularityRecommender | None:
+        """The fallback of a run directory, from its training counts (None where it has none):
+        what a history with no item the run knows gets."""
+        return None if info.popularity is None else cls(torch.from_numpy(info.popularity))
 
     @classmethod
     def fit(cls, train: TrainSequences, num_items: int) -> PopularityRecommender:

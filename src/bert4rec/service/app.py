@@ -181,10 +181,13 @@ def create_app(
                   "input": _brief(e.get("input"))} for e in errors]
         return JSONResponse({"detail": _brief(shown, depth=6, items=50)}, status_code=422)
 
+    async def in_store_thread(fn: Callable[..., T], *args: Any) -> T:
+        return await asyncio.get_running_loop().run_in_executor(store_pool, fn, *args)
+
     async def store_call(fn: Callable[..., T], *args: Any) -> T:
-        """Run a blocking store call on a worker thread; a database failure is a 503."""
+        """Run a blocking store call on a store thread; a database failure is a 503."""
         try:
-            return await asyncio.get_running_loop().run_in_executor(store_pool, fn, *args)
+            return await in_store_thread(fn, *args)
         except Bert4RecError as exc:
             raise HTTPException(503, f"event store unavailable: {exc}") from exc
         except Exception as exc:
@@ -211,7 +214,7 @@ def create_app(
         """A model is loaded and the event store answers."""
         served = state.served
         try:
-            await asyncio.get_running_loop().run_in_executor(store_pool, state.store.ping)
+            await in_store_thread(state.store.ping)
         except Exception as exc:
             return JSONResponse(Ready(status="unavailable", problem=f"event store: {exc}")
                                 .model_dump(), status_code=503)

@@ -71,8 +71,7 @@ class ServedModel:
 
     @property
     def popularity(self) -> PopularityRecommender | None:
-        counts = self.info.popularity
-        return None if counts is None else PopularityRecommender(torch.from_numpy(counts))
+        return PopularityRecommender.of_run(self.info)
 
     def describe(self) -> dict[str, Any]:
         return {"run": str(self.info.path), "model": self.info.model,
